@@ -1,0 +1,1 @@
+"""Package data: the spec grammar (surgery.lark), shipped as surgeon.grammar."""

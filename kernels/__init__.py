@@ -1,0 +1,1 @@
+"""Triton-fused kernels (surgeon.kernels). Empty until a pass needs one; Triton stays optional."""

@@ -1,0 +1,1 @@
+"""Graph passes, one file per IR step kind; importing this package registers them."""

@@ -1,0 +1,112 @@
+"""User-facing errors: every one carries what a person needs to fix it.
+
+Exit codes are part of the CLI contract: 2 for bad input (spec, model, targets),
+3 for a compiled model that fails its `verify` checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+EXIT_USER = 2
+EXIT_VERIFY = 3
+
+
+def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Closest candidates to a misspelled word, best first."""
+    return difflib.get_close_matches(word, sorted(set(candidates)), n=n, cutoff=0.5)
+
+
+def hint_for(word: str, candidates: Iterable[str]) -> str | None:
+    close = did_you_mean(word, candidates)
+    if not close:
+        return None
+    return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class UserError(Exception):
+    """Bad input. The CLI prints it without a traceback and exits with 2."""
+
+    exit_code = EXIT_USER
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def format(self) -> str:
+        text = f"error: {self.message}"
+        return text + (f"\n  hint: {self.hint}" if self.hint else "")
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int
+    column: int
+    source_line: str
+    width: int = 1
+
+
+class SpecError(UserError):
+    """An error at a place in a spec file: file:line:col, the line, a caret."""
+
+    def __init__(self, message: str, where: Location, hint: str | None = None):
+        super().__init__(message, hint)
+        self.where = where
+
+    @property
+    def line(self) -> int:
+        return self.where.line
+
+    @property
+    def column(self) -> int:
+        return self.where.column
+
+    def format(self) -> str:
+        w = self.where
+        gutter = f"{w.line:>4} | "
+        caret = " " * (len(gutter) - 2) + "| " + " " * (w.column - 1) + "^" * max(1, w.width)
+        lines = [f"{w.file}:{w.line}:{w.column}: error: {self.message}", gutter + w.source_line, caret]
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+class VerifyError(Exception):
+    """The compiled model fell below a `verify` threshold (exit code 3)."""
+
+    exit_code = EXIT_VERIFY
+
+    def __init__(self, failures: list[str], measured: dict[str, float]):
+        super().__init__("; ".join(failures))
+        self.failures = failures
+        self.measured = measured
+
+    def format(self) -> str:
+        return "verify failed: " + "; ".join(self.failures)
+
+
+class PassError(Exception):
+    """A pass broke: says which pass, what ran before it and which spec line asked for it."""
+
+    exit_code = 1
+
+    def __init__(self, pass_name: str, before: list[str], spec_line: int | None, cause: Exception):
+        where = f"spec line {spec_line}" if spec_line else "no spec line"
+        done = ", ".join(before) if before else "none"
+        super().__init__(
+            f"pass {pass_name!r} ({where}) failed after passes [{done}]: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.pass_name = pass_name
+        self.before = before
+        self.spec_line = spec_line
+
+    def format(self) -> str:
+        return f"error: {self}"

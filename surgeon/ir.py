@@ -1,0 +1,348 @@
+"""The IR: frozen pydantic models, one per spec statement, discriminated by `kind`.
+
+The parser builds these directly; YAML and JSON specs validate into the same
+models. Validators raise ValueError so the parser can report the statement's
+file:line:col. Source spans ride along on every node but are excluded from
+dumps and from equality: two specs are equal when they ask for the same thing.
+`Spec.to_text()` prints canonical spec text that re-parses to an equal Spec.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from surgeon.diagnostics import UserError, hint_for
+
+EMBEDDED_MODELS = ("minilm",)
+FACTORIZE_METHODS = ("svd",)
+VERIFY_METRICS = {"cosine": ">=", "rel_error": "<="}
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
+MIN_OPSET, MAX_OPSET = 18, 23
+
+
+class Span(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    span: Span | None = Field(default=None, exclude=True, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.model_dump() == other.model_dump()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
+
+
+def _num(x: float | int) -> str:
+    """Shortest text that re-parses to the same number."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return repr(x)
+
+
+def _str(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _unknown(what: str, value: str, known: tuple[str, ...] | list[str]) -> ValueError:
+    hint = hint_for(value, known)
+    msg = f"unknown {what} {value!r} (known: {', '.join(known)})"
+    return ValueError(msg + (f"; {hint}" if hint else ""))
+
+
+# ---------------------------------------------------------------- model + inputs
+class ModelSource(Node):
+    kind: Literal["model"] = "model"
+    source: Literal["embedded", "hf", "python"]
+    ref: str
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str, info: ValidationInfo) -> str:
+        source = info.data.get("source")
+        if not v:
+            raise ValueError("model reference is empty")
+        if source == "embedded" and v not in EMBEDDED_MODELS:
+            raise _unknown("embedded model", v, EMBEDDED_MODELS)
+        if source == "python" and ":" not in v:
+            raise ValueError(f"python model {v!r} must be 'package.module:factory'")
+        return v
+
+    def to_text(self) -> str:
+        prefix = {"embedded": "model", "hf": "model hf", "python": "model python"}[self.source]
+        return f"{prefix} {_str(self.ref)}"
+
+
+class InputSig(Node):
+    kind: Literal["input"] = "input"
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPES:
+            raise _unknown("dtype", v, DTYPES)
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: tuple[int | str, ...]) -> tuple[int | str, ...]:
+        if any(isinstance(d, int) and d < 1 for d in v):
+            raise ValueError("static dimensions must be >= 1")
+        return v
+
+    def to_text(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"input {_str(self.name)} {self.dtype}[{dims}]"
+
+
+class Calibrate(Node):
+    kind: Literal["calibrate"] = "calibrate"
+    corpus: Literal["builtin", "file", "random"] = "builtin"
+    path: str | None = None
+    samples: int = 64
+    seqlen: int = 128
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> Calibrate:
+        if (self.corpus == "file") != (self.path is not None):
+            raise ValueError("a text corpus file needs a path, and only it")
+        if not 1 <= self.samples <= 100_000:
+            raise ValueError(f"samples must be between 1 and 100000, got {self.samples}")
+        if not 2 <= self.seqlen <= 8192:
+            raise ValueError(f"seqlen must be between 2 and 8192, got {self.seqlen}")
+        if self.seed < 0:
+            raise ValueError("seed must be >= 0")
+        return self
+
+    def to_text(self) -> str:
+        corpus = {"builtin": "text builtin", "random": "random"}.get(self.corpus)
+        corpus = corpus or f"text {_str(self.path or '')}"
+        return f"calibrate {corpus} samples {self.samples} seqlen {self.seqlen} seed {self.seed}"
+
+
+# ---------------------------------------------------------------- factorize
+class Rank(Node):
+    kind: Literal["rank"] = "rank"
+    value: int
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"rank must be >= 1, got {v}")
+        return v
+
+    def to_text(self) -> str:
+        return f"rank {self.value}"
+
+
+class ParamsFraction(Node):
+    kind: Literal["params"] = "params"
+    percent: float
+
+    @field_validator("percent")
+    @classmethod
+    def _percent(cls, v: float) -> float:
+        if not 0 < v < 100:
+            raise ValueError(f"params must be between 0% and 100% (exclusive), got {_num(v)}%")
+        return v
+
+    def to_text(self) -> str:
+        return f"params {_num(self.percent)}%"
+
+
+class Energy(Node):
+    kind: Literal["energy"] = "energy"
+    fraction: float
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"energy is a fraction of spectral energy in (0, 1], got {_num(v)}")
+        return v
+
+    def to_text(self) -> str:
+        return f"energy {_num(self.fraction)}"
+
+
+RankSpec = Annotated[Union[Rank, ParamsFraction, Energy], Field(discriminator="kind")]
+
+
+class Factorize(Node):
+    kind: Literal["factorize"] = "factorize"
+    target: str
+    rank: RankSpec
+    method: str = "svd"
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from surgeon.targets import check_glob
+
+        check_glob(v)
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in FACTORIZE_METHODS:
+            raise _unknown("factorize method", v, FACTORIZE_METHODS)
+        return v
+
+    def to_text(self) -> str:
+        return f"factorize {_str(self.target)} {self.rank.to_text()} method {self.method}"
+
+
+# Passes are a discriminated union as soon as there are two of them.
+Step = Factorize
+
+
+# ---------------------------------------------------------------- checks + artifacts
+class Verify(Node):
+    kind: Literal["verify"] = "verify"
+    metric: str
+    op: Literal[">=", "<="]
+    threshold: float
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in VERIFY_METRICS:
+            raise _unknown("verify metric", v, list(VERIFY_METRICS))
+        return v
+
+    @field_validator("op")
+    @classmethod
+    def _op(cls, v: str, info: ValidationInfo) -> str:
+        metric = info.data.get("metric")
+        want = VERIFY_METRICS.get(metric or "", v)
+        if v != want:
+            raise ValueError(f"verify {metric} takes '{want}' (a lower bound), not '{v}'"
+                             if want == ">=" else
+                             f"verify {metric} takes '{want}' (an upper bound), not '{v}'")
+        return v
+
+    def to_text(self) -> str:
+        return f"verify {self.metric} {self.op} {_num(self.threshold)}"
+
+
+class ExportOnnx(Node):
+    kind: Literal["export_onnx"] = "export_onnx"
+    path: str
+    opset: int = 18
+
+    @field_validator("opset")
+    @classmethod
+    def _opset(cls, v: int) -> int:
+        if not MIN_OPSET <= v <= MAX_OPSET:
+            raise ValueError(
+                f"opset {v} is not supported: the torch.export-based ONNX exporter "
+                f"emits opsets {MIN_OPSET} to {MAX_OPSET}"
+            )
+        return v
+
+    def to_text(self) -> str:
+        return f"export onnx {_str(self.path)} opset {self.opset}"
+
+
+class Save(Node):
+    kind: Literal["save"] = "save"
+    path: str
+
+    def to_text(self) -> str:
+        return f"save {_str(self.path)}"
+
+
+Output = Annotated[Union[ExportOnnx, Save], Field(discriminator="kind")]
+
+
+class Spec(Node):
+    kind: Literal["spec"] = "spec"
+    model: ModelSource
+    inputs: tuple[InputSig, ...] = ()
+    calibrate: Calibrate = Calibrate()
+    steps: tuple[Step, ...] = ()
+    checks: tuple[Verify, ...] = ()
+    outputs: tuple[Output, ...] = ()
+    source_file: str | None = Field(default=None, exclude=True, repr=False)
+
+    @field_validator("outputs")
+    @classmethod
+    def _distinct_outputs(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
+        paths = [o.path for o in v]
+        dup = {p for p in paths if paths.count(p) > 1}
+        if dup:
+            raise ValueError(f"two outputs write the same path: {sorted(dup)}")
+        return v
+
+    def to_text(self) -> str:
+        parts: list[Node] = [self.model, *self.inputs, self.calibrate, *self.steps]
+        parts += [*self.checks, *self.outputs]
+        return "\n".join(p.to_text() for p in parts) + "\n"  # type: ignore[attr-defined]
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def parse(cls, text: str, file: str = "<spec>") -> Spec:
+        from surgeon.parse import parse_spec
+
+        return parse_spec(text, file)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Spec:
+        """Read a .surg, .yaml/.yml or .json spec; all three give the same IR."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot read spec {str(path)!r}: {e.strerror}") from None
+        if path.suffix in (".yaml", ".yml", ".json"):
+            return _load_structured(text, path)
+        spec = cls.parse(text, str(path))
+        return spec.model_copy(update={"source_file": str(path)})
+
+
+def _load_structured(text: str, path: Path) -> Spec:
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{path}: {loc}: {first['msg']}") from None
+    return spec.model_copy(update={"source_file": str(path)})
+
+
+def step_name(step: Node) -> str:
+    return getattr(step, "kind", type(step).__name__)
