@@ -1,1 +1,6 @@
-"""Graph passes, one file per IR step kind; importing this package registers them."""
+"""Graph passes (surgeon.passes), one file per IR step kind.
+
+Importing this package registers every pass; each import below is one pass.
+"""
+
+from surgeon.passes import factorize  # noqa: F401

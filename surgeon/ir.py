@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,7 +26,7 @@ from surgeon.diagnostics import UserError, hint_for
 
 EMBEDDED_MODELS = ("minilm",)
 FACTORIZE_METHODS = ("svd",)
-VERIFY_METRICS = {"cosine": ">=", "rel_error": "<="}
+VERIFY_METRICS = {"cosine": ">=", "embedding_cosine": ">=", "rel_error": "<="}
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 MIN_OPSET, MAX_OPSET = 18, 23
 
@@ -187,7 +187,7 @@ class Energy(Node):
         return f"energy {_num(self.fraction)}"
 
 
-RankSpec = Annotated[Union[Rank, ParamsFraction, Energy], Field(discriminator="kind")]
+RankSpec = Annotated[Rank | ParamsFraction | Energy, Field(discriminator="kind")]
 
 
 class Factorize(Node):
@@ -275,7 +275,7 @@ class Save(Node):
         return f"save {_str(self.path)}"
 
 
-Output = Annotated[Union[ExportOnnx, Save], Field(discriminator="kind")]
+Output = Annotated[ExportOnnx | Save, Field(discriminator="kind")]
 
 
 class Spec(Node):

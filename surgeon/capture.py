@@ -1,0 +1,147 @@
+"""Capture: model -> torch.export graph with module-path metadata.
+
+`torch.fx.symbolic_trace` cannot trace whole HF models (and transformers 5
+removed its fx tracer); torch.export can, with dynamic batch and sequence dims.
+Passes rewrite the unlifted GraphModule from `ExportedProgram.module()`, whose
+parameters keep their original qualified names (get_attr nodes) and whose
+nodes keep `nn_module_stack`. Emitters re-export the rewritten module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+from torch.export import Dim, ExportedProgram
+
+from surgeon.corpus import CalibrationData
+from surgeon.diagnostics import UserError
+
+LINEAR = torch.ops.aten.linear.default
+TEXT_PREFIX = "model."
+FACTOR_META = "surgeon_factor"  # marks linears a pass created (not dense Linear sites)
+
+
+class TextEncoder(nn.Module):
+    """Fixed (input_ids, attention_mask) -> last_hidden_state: one tensor for export and ONNX."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+@dataclass
+class LinearSite:
+    """A dense linear layer in the graph, addressed by its module path."""
+
+    path: str
+    weight: str  # get_attr target of the weight
+    out_features: int
+    in_features: int
+    bias: bool
+    nodes: list[fx.Node] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return self.out_features * self.in_features + (self.out_features if self.bias else 0)
+
+
+@dataclass
+class Captured:
+    gm: fx.GraphModule
+    data: CalibrationData
+    prefix: str  # module-path prefix added by the capture entry point
+    output_name: str = "output"
+
+    def dynamic_shapes(self) -> tuple[dict[int, Dim], ...]:
+        dims = {name: Dim(name, min=lo, max=hi) if hi else Dim(name, min=lo)
+                for name, (lo, hi) in self.data.dims.items()}
+        return tuple({i: dims[n] for i, n in enumerate(names) if n}
+                     for names in self.data.dim_names)
+
+    def linear_sites(self) -> dict[str, LinearSite]:
+        return linear_sites(self.gm, self.prefix)
+
+    def reexport(self) -> ExportedProgram:
+        return export(self.gm, self.data.example, self.dynamic_shapes())
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.gm.parameters())
+
+
+@contextlib.contextmanager
+def quiet():
+    """torch.export and the ONNX exporter chat on stdout/stderr; keep --json output clean."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export(module: nn.Module, example: tuple[torch.Tensor, ...],
+           dynamic_shapes: tuple[dict[int, Dim], ...]) -> ExportedProgram:
+    with quiet(), torch.no_grad():
+        return torch.export.export(module, example, dynamic_shapes=dynamic_shapes, strict=False)
+
+
+def entry_point(model: nn.Module, text: bool) -> tuple[nn.Module, str, str]:
+    """(module to export, module-path prefix it adds, output name)."""
+    if text:
+        return TextEncoder(model).eval(), TEXT_PREFIX, "last_hidden_state"
+    return model.eval(), "", "output"
+
+
+def capture(entry: nn.Module, data: CalibrationData, prefix: str, output_name: str) -> Captured:
+    """Export `entry` (from entry_point) with the data's dynamic dims."""
+    probe = Captured(fx.GraphModule(nn.Module(), fx.Graph()), data, prefix, output_name)
+    try:
+        ep = export(entry, data.example, probe.dynamic_shapes())
+    except Exception as e:  # noqa: BLE001 - any export failure is a property of the input model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"torch.export could not capture the model: {first}",
+                        "the model must export with torch.export.export(strict=False)") from None
+    return Captured(ep.module(), data, prefix, output_name)
+
+
+def module_path(node: fx.Node, prefix: str = "") -> str | None:
+    """Innermost module path of a node, without the capture prefix."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path[len(prefix):] if prefix and path.startswith(prefix) else path
+
+
+def linear_sites(gm: fx.GraphModule, prefix: str) -> dict[str, LinearSite]:
+    """Dense linear layers keyed by module path (the weight's owner)."""
+    sites: dict[str, LinearSite] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target != LINEAR or FACTOR_META in node.meta:
+            continue
+        w = node.args[1]
+        if not isinstance(w, fx.Node) or w.op != "get_attr":
+            continue
+        weight = gm.get_parameter(w.target) if _is_param(gm, w.target) else None
+        if weight is None or weight.dim() != 2:
+            continue
+        owner = w.target.removesuffix(".weight")
+        path = owner[len(prefix):] if owner.startswith(prefix) else owner
+        bias = len(node.args) > 2 and node.args[2] is not None
+        site = sites.setdefault(path, LinearSite(path, w.target, *weight.shape, bias))
+        site.nodes.append(node)
+    return sites
+
+
+def _is_param(gm: fx.GraphModule, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+        return True
+    except AttributeError:
+        return False

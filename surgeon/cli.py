@@ -1,0 +1,147 @@
+"""surgeon command line: check | plan | graph | compile | schema.
+
+Exit codes: 0 ok, 1 internal error (a pass broke), 2 bad input, 3 verify failed.
+Every command takes --json and then prints exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.tree import Tree
+
+from surgeon.diagnostics import EXIT_USER, PassError, SpecError, UserError, VerifyError
+
+_console = Console(stderr=False, highlight=False)
+_errors = Console(stderr=True, highlight=False)
+
+
+def _add_common(p: argparse.ArgumentParser, spec: bool = True) -> None:
+    if spec:
+        p.add_argument("spec", help="spec file (.surg, .yaml or .json)")
+        p.add_argument("--trust-code", action="store_true",
+                       help="allow 'model python' to import and run code named by the spec")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="surgeon", description="declarative model surgery")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_common(sub.add_parser("check", help="parse and validate a spec (no model load)"))
+    _add_common(sub.add_parser("plan", help="dry run: targets, ranks, params, FLOPs"))
+    _add_common(sub.add_parser("graph", help="the model's linear layers, to write targets"))
+    c = sub.add_parser("compile", help="run the passes, verify, write the artifacts")
+    _add_common(c)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(sub.add_parser("schema", help="JSON schema of the spec IR"), spec=False)
+    return ap
+
+
+def _load(path: str):
+    from surgeon.ir import Spec
+
+    return Spec.load(path)
+
+
+def cmd_check(args: argparse.Namespace) -> dict[str, Any]:
+    spec = _load(args.spec)
+    if not args.json:
+        _console.print(f"{args.spec}: ok ({len(spec.steps)} steps, {len(spec.checks)} checks, "
+                       f"{len(spec.outputs)} outputs)")
+    return {"ok": True, "spec": spec.model_dump(mode="json"), "canonical": spec.to_text()}
+
+
+def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
+    from surgeon.driver import plan_spec
+    from surgeon.report import render_plan
+
+    result = plan_spec(_load(args.spec), trust_code=args.trust_code)
+    if not args.json:
+        render_plan(result["steps"], result["params_before"], _console)
+    return result
+
+
+def cmd_graph(args: argparse.Namespace) -> dict[str, Any]:
+    from surgeon.driver import _capture
+    from surgeon.sources import load_model
+
+    spec = _load(args.spec)
+    _, captured = _capture(spec, load_model(spec.model, args.trust_code))
+    sites = captured.linear_sites()
+    rows = [{"path": s.path, "out_features": s.out_features, "in_features": s.in_features,
+             "bias": s.bias, "params": s.params} for s in sites.values()]
+    if not args.json:
+        tree = Tree(f"[bold]{spec.model.to_text()}[/] ({captured.num_params():,} params, "
+                    f"{len(rows)} linear layers)")
+        nodes: dict[str, Tree] = {}
+        for r in rows:
+            parent, parts = tree, r["path"].split(".")
+            for i, part in enumerate(parts[:-1]):
+                key = ".".join(parts[: i + 1])
+                parent = nodes.setdefault(key, parent.add(part))
+            parent.add(f"[cyan]{parts[-1]}[/]  Linear {r['in_features']} → {r['out_features']}"
+                       f"{'' if r['bias'] else ' (no bias)'}")
+        _console.print(tree)
+    return {"params": captured.num_params(), "linears": rows}
+
+
+def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
+    from surgeon.driver import compile_spec
+    from surgeon.report import render
+
+    progress = not args.json and not args.quiet and sys.stderr.isatty()
+    result = compile_spec(_load(args.spec), trust_code=args.trust_code, progress=progress)
+    if not args.json:
+        render(result.report, _console)
+    return result.report.model_dump(mode="json")
+
+
+def cmd_schema(args: argparse.Namespace) -> dict[str, Any]:
+    from surgeon.ir import Spec
+
+    schema = Spec.model_json_schema()
+    if not args.json:
+        _console.print_json(json.dumps(schema))
+    return schema
+
+
+def _error_json(e: Exception, code: int) -> dict[str, Any]:
+    err: dict[str, Any] = {"type": type(e).__name__, "message": getattr(e, "message", str(e))}
+    if isinstance(e, SpecError):
+        err.update(file=e.where.file, line=e.line, column=e.column)
+    if isinstance(e, VerifyError):
+        err["measured"] = e.measured
+    if getattr(e, "hint", None):
+        err["hint"] = e.hint
+    return {"error": err, "exit_code": code}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"check": cmd_check, "plan": cmd_plan, "graph": cmd_graph,
+               "compile": cmd_compile, "schema": cmd_schema}[args.command]
+    try:
+        out = handler(args)
+    except (UserError, VerifyError, PassError) as e:
+        code = getattr(e, "exit_code", EXIT_USER)
+        if args.json:
+            print(json.dumps(_error_json(e, code)))
+        _errors.print(e.format(), markup=False)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(out, default=str))
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,130 @@
+"""The compiler driver: spec -> model -> graph -> passes -> verify -> artifacts.
+
+Artifacts are written only after `verify` passes, so a failed compile leaves
+no output behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from torch import fx, nn
+
+from surgeon import ir
+from surgeon.capture import Captured, capture, entry_point
+from surgeon.corpus import calibration_data
+from surgeon.diagnostics import PassError, UserError
+from surgeon.emit.checkpoint import save_checkpoint
+from surgeon.emit.onnx import export_onnx
+from surgeon.progress import Advance, bar
+from surgeon.registry import PassContext, pass_for
+from surgeon.report import ArtifactReport, CompileReport, StepReport
+from surgeon.sources import LoadedModel, load_model
+from surgeon.verify import check, fidelity
+
+
+@dataclass
+class CompileResult:
+    module: fx.GraphModule
+    report: CompileReport
+    captured: Captured
+
+
+def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code: bool = False,
+                 progress: bool = False) -> CompileResult:
+    t0 = time.perf_counter()
+    with bar(3 + len(spec.steps) + len(spec.outputs), progress) as advance:
+        loaded = loaded or load_model(spec.model, trust_code)
+        reference, captured = _capture(spec, loaded)
+        report = CompileReport(spec=spec.to_text(), params_before=captured.num_params(),
+                               params_after=captured.num_params())
+        advance("passes")
+        run_passes(captured, spec.steps, report, advance)
+        advance("verify on held-out inputs")
+        report.fidelity = fidelity(reference, captured.gm, captured.data.heldout)
+        report.verify = check(spec.checks, report.fidelity)
+        for out in spec.outputs:
+            advance(f"write {out.path}")
+            report.artifacts.append(emit(out, captured, spec, loaded))
+        advance("done")
+    report.seconds["total"] = time.perf_counter() - t0
+    return CompileResult(captured.gm, report, captured)
+
+
+def _capture(spec: ir.Spec, loaded: LoadedModel) -> tuple[nn.Module, Captured]:
+    data = calibration_data(spec, loaded.tokenizer, loaded.max_positions)
+    text = data.input_names == ("input_ids", "attention_mask") and loaded.tokenizer is not None
+    entry, prefix, output_name = entry_point(loaded.module, text)
+    return entry, capture(entry, data, prefix, output_name)
+
+
+def _fingerprint(gm: fx.GraphModule) -> tuple[str, tuple[tuple[str, int], ...]]:
+    return str(gm.graph), tuple((n, id(p)) for n, p in gm.named_parameters())
+
+
+def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport,
+               advance: Advance | None = None) -> None:
+    """Run each step's pass, lint the graph after it, and record what changed."""
+    done: list[str] = []
+    for step in steps:
+        p = pass_for(step)
+        line = step.span.line if step.span else None
+        before, nodes = captured.num_params(), len(captured.gm.graph.nodes)
+        mark, t0 = _fingerprint(captured.gm), time.perf_counter()
+        ctx = PassContext(captured)
+        try:
+            result = p.run(ctx, step)
+            captured.gm.graph.lint()
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported with pass name, history and spec line
+            raise PassError(p.name, done, line, e) from e
+        changed = _fingerprint(captured.gm) != mark
+        if result.modified != changed:
+            raise PassError(p.name, done, line, AssertionError(
+                f"pass reported modified={result.modified} but the graph "
+                f"{'changed' if changed else 'did not change'}"))
+        after = captured.num_params()
+        report.steps.append(StepReport(
+            kind=step.kind, line=line, targets=[lp.path for lp in result.layers],
+            params_before=before, params_after=after, params_delta=after - before,
+            nodes_delta=len(captured.gm.graph.nodes) - nodes, modified=result.modified,
+            seconds=time.perf_counter() - t0, layers=result.layers))
+        report.warnings += ctx.warnings
+        report.params_after = after
+        done.append(p.name)
+        if advance:
+            advance(f"{p.name} (line {line})" if line else p.name)
+
+
+def emit(out: Any, captured: Captured, spec: ir.Spec, loaded: LoadedModel) -> ArtifactReport:
+    if isinstance(out, ir.ExportOnnx):
+        return export_onnx(captured, out)
+    if isinstance(out, ir.Save):
+        return save_checkpoint(captured, out, spec.to_text(), loaded.tokenizer)
+    raise TypeError(f"no emitter for {type(out).__name__}")
+
+
+def plan_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *,
+              trust_code: bool = False) -> dict[str, Any]:
+    """Dry run: resolve targets and predict each step's effect; nothing is rewritten.
+
+    Each step is planned against the captured (unmodified) graph.
+    """
+    loaded = loaded or load_model(spec.model, trust_code)
+    _, captured = _capture(spec, loaded)
+    steps = []
+    for step in spec.steps:
+        layers = pass_for(step).plan(PassContext(captured), step)
+        steps.append({
+            "kind": step.kind, "line": step.span.line if step.span else None,
+            "text": step.to_text(), "targets": [lp.path for lp in layers],
+            "layers": [lp.model_dump() for lp in layers],
+            "params_delta": sum(lp.params_after - lp.params_before for lp in layers),
+            "flops_before": sum(lp.flops_before for lp in layers),
+            "flops_after": sum(lp.flops_after for lp in layers),
+        })
+    total = captured.num_params() + sum(s["params_delta"] for s in steps)
+    return {"params_before": captured.num_params(), "params_after": total, "steps": steps}

@@ -1,0 +1,1 @@
+"""Emitters: turn the compiled graph into artifacts (ONNX, reloadable checkpoint)."""

@@ -1,0 +1,94 @@
+"""The compile report: one pydantic model, printed as tables or as --json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+
+from surgeon.registry import LayerPlan
+
+
+class StepReport(BaseModel):
+    kind: str
+    line: int | None
+    targets: list[str]
+    params_before: int
+    params_after: int
+    params_delta: int
+    nodes_delta: int
+    modified: bool
+    seconds: float
+    layers: list[LayerPlan] = Field(default_factory=list)
+
+
+class ArtifactReport(BaseModel):
+    kind: str
+    path: str
+    bytes: int
+    sha256: str
+    ort_max_abs_diff: float | None = None
+    seconds: float
+
+
+class CompileReport(BaseModel):
+    spec: str | None = None
+    params_before: int
+    params_after: int
+    steps: list[StepReport] = Field(default_factory=list)
+    fidelity: dict[str, float] = Field(default_factory=dict)
+    verify: list[dict[str, Any]] = Field(default_factory=list)
+    artifacts: list[ArtifactReport] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
+def _n(x: int) -> str:
+    return f"{x:,}"
+
+
+def render(report: CompileReport, console: Console) -> None:
+    steps = Table(title="passes", title_justify="left")
+    for col in ("line", "step", "targets", "params before", "params after", "Δ", "s"):
+        steps.add_column(col, justify="right" if col != "step" else "left")
+    for s in report.steps:
+        steps.add_row(str(s.line or "-"), s.kind, str(len(s.targets)), _n(s.params_before),
+                      _n(s.params_after), _n(s.params_delta), f"{s.seconds:.2f}")
+    console.print(steps)
+    ratio = report.params_after / report.params_before if report.params_before else 1.0
+    console.print(f"params: {_n(report.params_before)} -> {_n(report.params_after)} "
+                  f"({ratio:.1%} of the original)")
+    if report.fidelity:
+        f = report.fidelity
+        console.print(f"held-out fidelity: cosine {f['cosine']:.5f} (min {f['cosine_min']:.5f}), "
+                      f"rel_error {f['rel_error']:.5f} over {int(f['positions'])} positions, "
+                      f"embedding cosine {f['embedding_cosine']:.5f}")
+    for v in report.verify:
+        mark = "[green]pass[/]" if v["passed"] else "[red]FAIL[/]"
+        console.print(f"verify {v['metric']} {v['op']} {v['threshold']:g}: "
+                      f"{v['value']:.5f} {mark}")
+    for a in report.artifacts:
+        extra = f", onnxruntime max |diff| {a.ort_max_abs_diff:.2e}" \
+            if a.ort_max_abs_diff is not None else ""
+        console.print(f"wrote {a.kind} {a.path} ({a.bytes / 1e6:.1f} MB{extra})")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def render_plan(plan: list[dict[str, Any]], params_before: int, console: Console) -> None:
+    total = params_before
+    for step in plan:
+        t = Table(title=f"line {step['line']}: {step['text']}", title_justify="left")
+        for col in ("layer", "shape", "rank", "params", "→", "MFLOP/token", "note"):
+            t.add_column(col)
+        for lp in step["layers"]:
+            t.add_row(lp["path"], "x".join(map(str, lp["shape"])), str(lp["rank"] or "dense"),
+                      _n(lp["params_before"]), _n(lp["params_after"]),
+                      f"{lp['flops_before'] / 1e6:.2f} → {lp['flops_after'] / 1e6:.2f}",
+                      lp["note"] or "")
+        console.print(t)
+        total += step["params_delta"]
+    console.print(f"params: {_n(params_before)} -> {_n(total)} "
+                  f"({total / params_before:.1%} of the original)")

@@ -1,0 +1,59 @@
+"""Graph edits shared by passes: adding parameters, splitting a linear node,
+and dropping parameters no node reads any more (so artifacts never carry dead
+weights).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from surgeon.capture import FACTOR_META, LINEAR
+
+
+def set_param(gm: fx.GraphModule, qualname: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = qualname.rpartition(".")
+    owner = gm.get_submodule(owner_name) if owner_name else gm
+    owner.register_parameter(attr, nn.Parameter(value.contiguous()))
+
+
+def split_linear(gm: fx.GraphModule, node: fx.Node, first: str, second: str, rank: int) -> None:
+    """Replace y = linear(x, W, b) by y = linear(linear(x, A), B, b) with get_attr A, B."""
+    g = gm.graph
+    x, _w, *rest = node.args
+    bias = rest[0] if rest else None
+    with g.inserting_before(node):
+        a, b = g.get_attr(first), g.get_attr(second)
+        h = g.call_function(LINEAR, (x, a))
+        y = g.call_function(LINEAR, (h, b, bias) if bias is not None else (h, b))
+    for new, role in ((a, None), (b, None), (h, "in"), (y, "out")):
+        new.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
+        if role:
+            new.meta[FACTOR_META] = {"role": role, "rank": rank}
+    node.replace_all_uses_with(y)
+    g.erase_node(node)
+
+
+def drop_unused_params(gm: fx.GraphModule) -> int:
+    """Remove get_attr nodes without users and parameters nothing reads; returns numel freed."""
+    g = gm.graph
+    for n in list(g.nodes):
+        if n.op == "get_attr" and not n.users:
+            g.erase_node(n)
+    used = {n.target for n in g.nodes if n.op == "get_attr"}
+    freed = 0
+    for name, p in list(gm.named_parameters(remove_duplicate=False)):
+        if name not in used:
+            owner_name, _, attr = name.rpartition(".")
+            owner = gm.get_submodule(owner_name) if owner_name else gm
+            if attr in owner._parameters:
+                freed += p.numel()
+                del owner._parameters[attr]
+    return freed
+
+
+def finish(gm: fx.GraphModule) -> None:
+    gm.graph.eliminate_dead_code()
+    drop_unused_params(gm)
+    gm.graph.lint()
+    gm.recompile()
