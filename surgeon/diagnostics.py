@@ -69,7 +69,8 @@ class SpecError(UserError):
         w = self.where
         gutter = f"{w.line:>4} | "
         caret = " " * (len(gutter) - 2) + "| " + " " * (w.column - 1) + "^" * max(1, w.width)
-        lines = [f"{w.file}:{w.line}:{w.column}: error: {self.message}", gutter + w.source_line, caret]
+        head = f"{w.file}:{w.line}:{w.column}: error: {self.message}"
+        lines = [head, gutter + w.source_line, caret]
         if self.hint:
             lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)

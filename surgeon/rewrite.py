@@ -10,6 +10,9 @@ from torch import fx, nn
 
 from surgeon.capture import FACTOR_META, LINEAR
 
+# what new nodes inherit from the node they replace: module paths keep targets resolvable
+_KEPT_META = ("nn_module_stack", "stack_trace")
+
 
 def set_param(gm: fx.GraphModule, qualname: str, value: torch.Tensor) -> None:
     owner_name, _, attr = qualname.rpartition(".")
@@ -27,7 +30,7 @@ def split_linear(gm: fx.GraphModule, node: fx.Node, first: str, second: str, ran
         h = g.call_function(LINEAR, (x, a))
         y = g.call_function(LINEAR, (h, b, bias) if bias is not None else (h, b))
     for new, role in ((a, None), (b, None), (h, "in"), (y, "out")):
-        new.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
+        new.meta.update({k: v for k, v in node.meta.items() if k in _KEPT_META})
         if role:
             new.meta[FACTOR_META] = {"role": role, "rank": rank}
     node.replace_all_uses_with(y)

@@ -50,6 +50,9 @@ def save_checkpoint(captured: Captured, out: ir.Save, spec_text: str | None,
                     tokenizer: Any | None) -> ArtifactReport:
     t0 = time.perf_counter()
     ep = captured.reexport()
+    for node in ep.graph.nodes:
+        # provenance records hold id(graph) memory addresses: drop them for reproducible bytes
+        node.meta.pop("from_node", None)
     buf = io.BytesIO()  # a file name would leak into the archive and break byte-reproducibility
     with quiet():
         torch.export.save(ep, buf)
@@ -63,7 +66,8 @@ def save_checkpoint(captured: Captured, out: ir.Save, spec_text: str | None,
             "format": FORMAT, "version": VERSION,
             "torch": torch.__version__.split("+")[0],
             "inputs": [{"name": n, "dims": list(dims)}
-                       for n, dims in zip(captured.data.input_names, captured.data.dim_names)],
+                       for n, dims in zip(captured.data.input_names, captured.data.dim_names,
+                                          strict=True)],
             "output": captured.output_name,
             "params": captured.num_params(),
             "spec": spec_text,

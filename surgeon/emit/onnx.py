@@ -26,8 +26,8 @@ PROTOBUF_LIMIT = 2**31 - 1
 def _name_dims(proto: onnx.ModelProto, captured: Captured) -> None:
     """The exporter names dynamic dims s0, s1...; give them the names users know."""
     rename: dict[str, str] = {}
-    for value, names in zip(proto.graph.input, captured.data.dim_names):
-        for dim, name in zip(value.type.tensor_type.shape.dim, names):
+    for value, names in zip(proto.graph.input, captured.data.dim_names, strict=True):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names, strict=True):
             if name and dim.dim_param:
                 rename[dim.dim_param] = name
     for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
@@ -51,7 +51,8 @@ def to_onnx(captured: Captured, opset: int) -> onnx.ModelProto:
 
 def ort_max_abs_diff(model_bytes: bytes, captured: Captured, batch: Batch) -> float:
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    feeds = {name: t.numpy() for name, t in zip(captured.data.input_names, batch.inputs)}
+    feeds = {name: t.numpy() for name, t in zip(captured.data.input_names, batch.inputs,
+                                                      strict=True)}
     got = session.run(None, feeds)[0]
     with torch.no_grad():
         want = captured.gm(*batch.inputs).numpy()

@@ -1,0 +1,135 @@
+"""ONNX and checkpoint emitters on MiniLM: onnxruntime parity, reload parity,
+integrity checks, byte-for-byte reproducibility and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import surgeon
+from surgeon import atomic
+from surgeon.diagnostics import UserError
+
+SPEC = """model "minilm"
+calibrate text builtin samples 16 seqlen 64 seed 3
+factorize "encoder.layer.*.attention.self.{query,key}" params 50%
+export onnx "{out}/model.onnx" opset 18
+save "{out}/ckpt"
+"""
+
+
+def _compile(out: Path):
+    return surgeon.compile(SPEC.replace("{out}", str(out)))
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("artifacts")
+    return out, _compile(out)
+
+
+def _batch(minilm, n: int, words: int):
+    texts = [" ".join(["token"] * (words + i)) + f" sample {i}" for i in range(n)]
+    enc = minilm.tokenizer(texts, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_onnx_matches_torch_in_onnxruntime_at_new_shapes(compiled, minilm) -> None:
+    out, result = compiled
+    artifact = next(a for a in result.report.artifacts if a.kind == "onnx")
+    assert artifact.ort_max_abs_diff is not None and artifact.ort_max_abs_diff <= 1e-4
+    path = out / "model.onnx"
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {18}
+    dims = [[d.dim_param for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
+    assert dims == [["batch", "seq"], ["batch", "seq"]]
+    ids, mask = _batch(minilm, 3, 37)  # neither the export nor the check shape
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        want = result.module(ids, mask).numpy()
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_checkpoint_reloads_without_the_spec(compiled, minilm) -> None:
+    out, result = compiled
+    module = surgeon.load(out / "ckpt")
+    ids, mask = _batch(minilm, 2, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(module(ids, mask), result.module(ids, mask), atol=0, rtol=0)
+    manifest = json.loads((out / "ckpt" / "manifest.json").read_text())
+    assert manifest["params"] == result.report.params_after
+    assert {"model.pt2", "model.safetensors", "tokenizer.json"} <= set(manifest["files"])
+
+
+def test_tampered_checkpoint_is_refused(compiled, tmp_path: Path) -> None:
+    out, _ = compiled
+    copy = tmp_path / "ckpt"
+    shutil.copytree(out / "ckpt", copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="sha256"):
+        surgeon.load(copy)
+
+
+def test_pickled_payloads_are_refused(compiled, tmp_path: Path) -> None:
+    out, _ = compiled
+    copy = tmp_path / "ckpt"
+    shutil.copytree(out / "ckpt", copy)
+    src = copy / "model.pt2"
+    patched = tmp_path / "patched.pt2"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(patched, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                first = next(iter(config["config"]))
+                config["config"][first]["use_pickle"] = True
+                data = json.dumps(config).encode()
+            zout.writestr(item, data)
+    os.replace(patched, src)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    from surgeon.emit.checkpoint import _sha256
+
+    manifest["files"]["model.pt2"] = _sha256(src)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="pickled"):
+        surgeon.load(copy)
+
+
+def test_same_spec_and_seed_give_the_same_bytes(compiled, tmp_path: Path) -> None:
+    out, _ = compiled
+    _compile(tmp_path)
+    for rel in ("model.onnx", "ckpt/model.pt2", "ckpt/model.safetensors",
+                "ckpt/manifest.json"):
+        a, b = (out / rel).read_bytes(), (tmp_path / rel).read_bytes()
+        assert a == b, rel
+
+
+def test_failed_writes_leave_nothing_behind(tmp_path: Path) -> None:
+    target = tmp_path / "dir"
+    with pytest.raises(RuntimeError), atomic.staged_dir(target) as d:
+        (d / "half.bin").write_bytes(b"x")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "f.onnx").write_bytes(b"old")
+
+    class Exploding(bytes):
+        def __len__(self) -> int:
+            raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        atomic.write_bytes(tmp_path / "f.onnx", Exploding(b"new"))
+    assert (tmp_path / "f.onnx").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.onnx"]
