@@ -22,13 +22,19 @@ from surgeon.diagnostics import UserError
 SPEC = """model "minilm"
 calibrate text builtin samples 16 seqlen 64 seed 3
 factorize "encoder.layer.*.attention.self.{query,key}" params 50%
-export onnx "{out}/model.onnx" opset 18
-save "{out}/ckpt"
+export onnx "model.onnx" opset 18
+save "ckpt"
 """
 
 
 def _compile(out: Path):
-    return surgeon.compile(SPEC.replace("{out}", str(out)))
+    """Compile SPEC with `out` as the working directory (relative output paths)."""
+    cwd = os.getcwd()
+    os.chdir(out)
+    try:
+        return surgeon.compile(SPEC)
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")
