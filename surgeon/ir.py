@@ -10,6 +10,7 @@ dumps and from equality: two specs are equal when they ask for the same thing.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -127,13 +128,28 @@ class Calibrate(Node):
     def _check(self) -> Calibrate:
         if (self.corpus == "file") != (self.path is not None):
             raise ValueError("a text corpus file needs a path, and only it")
-        if not 1 <= self.samples <= 100_000:
-            raise ValueError(f"samples must be between 1 and 100000, got {self.samples}")
-        if not 2 <= self.seqlen <= 8192:
-            raise ValueError(f"seqlen must be between 2 and 8192, got {self.seqlen}")
-        if self.seed < 0:
-            raise ValueError("seed must be >= 0")
         return self
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, v: int) -> int:
+        if not 1 <= v <= 100_000:
+            raise ValueError(f"samples must be between 1 and 100000, got {v}")
+        return v
+
+    @field_validator("seqlen")
+    @classmethod
+    def _seqlen(cls, v: int) -> int:
+        if not 2 <= v <= 8192:
+            raise ValueError(f"seqlen must be between 2 and 8192, got {v}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"seed must be >= 0, got {v}")
+        return v
 
     def to_text(self) -> str:
         corpus = {"builtin": "text builtin", "random": "random"}.get(self.corpus)
@@ -231,6 +247,13 @@ class Verify(Node):
     def _metric(cls, v: str) -> str:
         if v not in VERIFY_METRICS:
             raise _unknown("verify metric", v, list(VERIFY_METRICS))
+        return v
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"verify threshold must be a finite number >= 0, got {v}")
         return v
 
     @field_validator("op")
@@ -340,7 +363,9 @@ def _load_structured(text: str, path: Path) -> Spec:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{path}: {loc}: {first['msg']}") from None
+        msg, _, hint = str(first["msg"]).removeprefix("Value error, ").partition("; did you mean")
+        raise UserError(f"{path}: {loc}: {msg}",
+                        f"did you mean{hint}" if hint else None) from None
     return spec.model_copy(update={"source_file": str(path)})
 
 

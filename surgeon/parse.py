@@ -70,7 +70,11 @@ def _int(tok: Token, what: str) -> int:
 
 
 def _string(tok: Token) -> str:
-    return json.loads(tok)
+    try:
+        return json.loads(tok, strict=False)  # strict=False: a literal tab is fine
+    except json.JSONDecodeError:
+        raise _Located("invalid escape in string (escapes follow JSON: \\\\ \\\" \\n \\t "
+                       "\\uXXXX); on Windows write paths with '/'", tok) from None
 
 
 def _build(cls: type[ir.Node], where: Any, tokens: dict[str, Token], **fields: Any) -> Any:
@@ -98,13 +102,19 @@ class ToIR(Transformer):
     def model_python(self, meta: Any, c: list[Token]) -> ir.ModelSource:
         return _build(ir.ModelSource, meta, {"ref": c[0]}, source="python", ref=_string(c[0]))
 
-    def dim(self, meta: Any, c: list[Token]) -> int | str:
-        return _int(c[0], "a dimension") if c[0].type == "NUMBER" else str(c[0])
+    def dim(self, meta: Any, c: list[Token]) -> Token:
+        return c[0]
 
     def input(self, meta: Any, c: list[Any]) -> ir.InputSig:
         name, dtype, *dims = c
+        shape = []
+        for tok in dims:
+            value = _int(tok, "a dimension") if tok.type == "NUMBER" else str(tok)
+            if value == 0:
+                raise _Located("static dimensions must be >= 1", tok)
+            shape.append(value)
         return _build(ir.InputSig, meta, {"dtype": dtype, "name": name},
-                      name=_string(name), dtype=str(dtype), shape=tuple(dims))
+                      name=_string(name), dtype=str(dtype), shape=tuple(shape))
 
     def corpus_file(self, meta: Any, c: list[Token]) -> dict[str, Any]:
         return {"corpus": "file", "path": _string(c[0])}
@@ -201,17 +211,19 @@ def _assemble(stmts: list[ir.Node]) -> ir.Spec:
         "checks": tuple(s for s in stmts if isinstance(s, ir.Verify)),
         "outputs": tuple(s for s in stmts if isinstance(s, ir.ExportOnnx | ir.Save)),
     }
-    names = [s.name for s in fields["inputs"]]
-    for s in fields["inputs"]:
-        if names.count(s.name) > 1:
-            raise _Located(f"input {s.name!r} declared twice", s.span)
+    _no_repeats(fields["inputs"], lambda s: s.name, "input {!r} is declared twice")
+    _no_repeats(fields["outputs"], lambda s: s.path, "two outputs write the same path {!r}")
     if calib:
         fields["calibrate"] = calib[0]
-    try:
-        return ir.Spec(span=models[0].span, **fields)
-    except ValidationError as e:
-        raise _Located(str(e.errors()[0]["msg"]).removeprefix("Value error, "),
-                       fields["outputs"][-1].span if fields["outputs"] else None) from None
+    return ir.Spec(span=models[0].span, **fields)
+
+
+def _no_repeats(nodes: tuple[Any, ...], key: Any, message: str) -> None:
+    seen: set[Any] = set()
+    for node in nodes:
+        if key(node) in seen:
+            raise _Located(message.format(key(node)), node.span)
+        seen.add(key(node))
 
 
 def _first_word(node: ir.Node) -> str:
@@ -219,7 +231,7 @@ def _first_word(node: ir.Node) -> str:
 
 
 def parse_spec(text: str, file: str = "<spec>") -> ir.Spec:
-    lines = text.splitlines()
+    lines = [line.removesuffix("\r") for line in text.split("\n")]  # lark ends lines at \n only
     source = text if text.endswith("\n") else text + "\n"
     try:
         tree = parser().parse(source)
@@ -253,6 +265,17 @@ def _located_error(err: _Located, lines: list[str], file: str) -> SpecError:
     if "; did you mean" in msg:
         msg, hint = msg.split("; ", 1)
     return SpecError(msg, where, hint)
+
+
+def _code(line: str) -> str:
+    """The line without its trailing comment (a '#' outside a string)."""
+    quoted = False
+    for i, c in enumerate(line):
+        if c == '"' and (i == 0 or line[i - 1] != "\\"):
+            quoted = not quoted
+        elif c == "#" and not quoted:
+            return line[:i]
+    return line
 
 
 def _expected_words(expected: set[str]) -> tuple[list[str], list[str]]:
@@ -291,7 +314,7 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, lines: list[str], file: st
     expected = _describe(words, kinds)
     if tok.type == "_NL" or tok.type == "$END":
         src = lines[line - 1] if line <= len(lines) else ""
-        where = _where(lines, file, line, len(src.rstrip()) + 1)
+        where = _where(lines, file, line, len(_code(src).rstrip()) + 1)
         return SpecError(f"statement ends too early; expected {expected}", where)
     where = _where(lines, file, line, column, len(str(tok)))
     if tok.type == "NAME" and words:

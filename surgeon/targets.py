@@ -1,8 +1,10 @@
 """Target globs over dotted module paths.
 
-`*` matches one path segment (or part of one), `**` any number of segments
-(zero included), `{a,b}` alternatives (which may contain dots and globs).
-A target that matches nothing is an error that lists the closest paths.
+`*` matches within one path segment, `**` (a whole segment) any number of
+segments, zero included, and `{a,b}` alternatives, which may contain dots and
+globs and nest. Braces are expanded first; each expanded pattern is matched
+segment by segment. A target that matches nothing is an error listing the
+closest paths.
 """
 
 from __future__ import annotations
@@ -10,9 +12,37 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from surgeon.diagnostics import UserError
+
+Segments = tuple[re.Pattern[str] | None, ...]  # None stands for `**`
+
+
+def _split_top(s: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for c in s:
+        depth += {"{": 1, "}": -1}.get(c, 0)
+        if c == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += c
+    return [*parts, cur]
+
+
+def expand(pattern: str) -> list[str]:
+    """All brace-free patterns a glob stands for: a.{b,c.d} -> [a.b, a.c.d]."""
+    start = pattern.find("{")
+    if start < 0:
+        return [pattern]
+    depth = 0
+    for end in range(start, len(pattern)):
+        depth += {"{": 1, "}": -1}.get(pattern[end], 0)
+        if depth == 0:
+            break
+    head, tail = pattern[:start], pattern[end + 1 :]
+    return [x for alt in _split_top(pattern[start + 1 : end]) for x in expand(head + alt + tail)]
 
 
 def check_glob(pattern: str) -> None:
@@ -28,63 +58,43 @@ def check_glob(pattern: str) -> None:
             raise ValueError(f"target {pattern!r} has a '}}' without '{{'")
     if depth:
         raise ValueError(f"target {pattern!r} has an unclosed '{{'")
-    if ".." in pattern or pattern.startswith(".") or pattern.endswith("."):
-        raise ValueError(f"target {pattern!r} has an empty path segment")
     if re.search(r"\{,|,,|,\}|\{\}", pattern):
         raise ValueError(f"target {pattern!r} has an empty alternative")
+    for plain in expand(pattern):
+        segments = plain.split(".")
+        if "" in segments:
+            raise ValueError(f"target {pattern!r} has an empty path segment")
+        if any("**" in s and s != "**" for s in segments):
+            raise ValueError(f"target {pattern!r}: '**' must be a whole path segment")
 
 
-def _translate(p: str) -> str:
-    out, i = [], 0
-    while i < len(p):
-        if p.startswith("**.", i):
-            out.append(r"(?:[^.]+\.)*")
-            i += 3
-        elif p.startswith(".**", i) and i + 3 == len(p):
-            out.append(r"(?:\.[^.]+)*")
-            i += 3
-        elif p.startswith("**", i):
-            out.append(r".*")
-            i += 2
-        elif p[i] == "*":
-            out.append(r"[^.]*")
-            i += 1
-        elif p[i] == "{":
-            end, depth = i, 0
-            for end in range(i, len(p)):
-                depth += {"{": 1, "}": -1}.get(p[end], 0)
-                if depth == 0:
-                    break
-            alts = _split_top(p[i + 1 : end])
-            out.append("(?:" + "|".join(_translate(a) for a in alts) + ")")
-            i = end + 1
-        else:
-            out.append(re.escape(p[i]))
-            i += 1
-    return "".join(out)
-
-
-def _split_top(s: str) -> list[str]:
-    parts, depth, cur = [], 0, ""
-    for c in s:
-        depth += {"{": 1, "}": -1}.get(c, 0)
-        if c == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += c
-    return [*parts, cur]
+def _segment(seg: str) -> re.Pattern[str] | None:
+    if seg == "**":
+        return None
+    return re.compile("[^.]*".join(re.escape(part) for part in seg.split("*")) + r"\Z")
 
 
 @lru_cache(maxsize=256)
-def compile_glob(pattern: str) -> re.Pattern[str]:
+def compile_glob(pattern: str) -> tuple[Segments, ...]:
     check_glob(pattern)
-    return re.compile(_translate(pattern) + r"\Z")
+    return tuple(tuple(_segment(s) for s in plain.split(".")) for plain in expand(pattern))
+
+
+def _match(pat: Segments, path: list[str]) -> bool:
+    @cache
+    def go(i: int, j: int) -> bool:
+        if i == len(pat):
+            return j == len(path)
+        if pat[i] is None:  # `**`: skip it, or let it swallow one more segment
+            return go(i + 1, j) or (j < len(path) and go(i, j + 1))
+        return j < len(path) and bool(pat[i].match(path[j])) and go(i + 1, j + 1)
+
+    return go(0, 0)
 
 
 def match(pattern: str, paths: Iterable[str]) -> list[str]:
-    rx = compile_glob(pattern)
-    return [p for p in paths if rx.match(p)]
+    compiled = compile_glob(pattern)
+    return [p for p in paths if any(_match(c, p.split(".")) for c in compiled)]
 
 
 def closest(pattern: str, paths: Iterable[str], n: int = 5) -> list[str]:

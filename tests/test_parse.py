@@ -7,7 +7,6 @@ statement that ends too early. Columns are 1-based.
 
 from __future__ import annotations
 
-import lark
 import pytest
 
 from surgeon import ir
@@ -93,7 +92,7 @@ INVALID: list[tuple[str, str, int, int, str, str | None]] = [
     ("pass-after-verify", M + 'verify cosine >= 0.9\nfactorize "a.b" rank 4\n', 3, 1,
      "'factorize' comes after 'verify'", None),
     ("duplicate-output", M + 'save "out/a"\nexport onnx "out/a"\n', 3, 1,
-     "two outputs write the same path: ['out/a']", None),
+     "two outputs write the same path 'out/a'", None),
 ]
 
 
@@ -202,23 +201,23 @@ def test_valid_spec_builds_expected_ir() -> None:
     assert spec.checks == (ir.Verify(metric="cosine", op=">=", threshold=0.9),)
 
 
-# Known defects, kept as strict xfails so they turn into failures once fixed.
-@pytest.mark.xfail(strict=True, raises=lark.exceptions.VisitError,
-                   reason="backslash escapes / control chars in strings escape as VisitError")
-@pytest.mark.parametrize("text", [M + 'save "out\\model"\n', M + 'save "a\tb"\n'])
-def test_bad_string_escape_is_a_spec_error(text: str) -> None:
-    with pytest.raises(SpecError):
-        parse_spec(text)
+def test_bad_string_escape_is_a_spec_error() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(M + 'save "out\\model"\n')
+    assert (info.value.line, info.value.column) == (2, 6)
+    assert "invalid escape" in info.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="caret for 'ends too early' lands past a trailing comment")
+def test_literal_tab_in_a_string_is_kept() -> None:
+    assert parse_spec(M + 'save "a\tb"\n').outputs[0].path == "a\tb"
+
+
 def test_ends_early_caret_ignores_trailing_comment() -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(M + 'factorize "a.b"   # half done\n')
     assert (info.value.line, info.value.column) == (2, 16)
 
 
-@pytest.mark.xfail(strict=True, reason="duplicate output error points at the last output")
 def test_duplicate_output_points_at_the_duplicate() -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(M + 'save "a"\nexport onnx "a"\nsave "b"\n')

@@ -123,7 +123,9 @@ def test_same_spec_and_seed_give_the_same_bytes(compiled, tmp_path: Path) -> Non
         assert a == b, rel
 
 
-def test_failed_writes_leave_nothing_behind(tmp_path: Path) -> None:
+def test_failed_writes_leave_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "dir"
     with pytest.raises(RuntimeError), atomic.staged_dir(target) as d:
         (d / "half.bin").write_bytes(b"x")
@@ -131,11 +133,11 @@ def test_failed_writes_leave_nothing_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "f.onnx").write_bytes(b"old")
 
-    class Exploding(bytes):
-        def __len__(self) -> int:
-            raise RuntimeError("disk gone")
+    def disk_gone(fd: int) -> None:
+        raise OSError("disk gone")
 
-    with pytest.raises(RuntimeError):
-        atomic.write_bytes(tmp_path / "f.onnx", Exploding(b"new"))
+    monkeypatch.setattr(atomic.os, "fsync", disk_gone)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic.write_bytes(tmp_path / "f.onnx", b"new")
     assert (tmp_path / "f.onnx").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.onnx"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from surgeon.passes.factorize import breakeven_rank, choose_rank, svd_factors
+from toy_models import tiny_mlp  # noqa: E402  (tests/ is on sys.path via conftest rootdir)
 
 import surgeon
 from surgeon.capture import LINEAR
 from surgeon.ir import Energy, Factorize, ParamsFraction, Rank
-from surgeon.passes.factorize import breakeven_rank, choose_rank, svd_factors
-
-from toy_models import tiny_mlp  # noqa: E402  (tests/ is on sys.path via conftest rootdir)
 
 
 def _linear_count(gm: torch.fx.GraphModule) -> int:
@@ -84,7 +83,8 @@ def test_rank_that_saves_nothing_keeps_the_layer_dense() -> None:
 
 
 def test_factorized_minilm_layers_hold_the_planned_rank(minilm) -> None:
-    steps = [Factorize(target="encoder.layer.*.attention.self.query", rank=ParamsFraction(percent=25))]
+    query = "encoder.layer.*.attention.self.query"
+    steps = [Factorize(target=query, rank=ParamsFraction(percent=25))]
     result = surgeon.apply(minilm.module, steps, tokenizer=minilm.tokenizer)
     k = choose_rank(ParamsFraction(percent=25), 384, 384)
     shapes = {n: tuple(p.shape) for n, p in result.module.named_parameters() if "factor" in n}
