@@ -107,7 +107,13 @@ def capture(entry: nn.Module, data: CalibrationData, prefix: str, output_name: s
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"torch.export could not capture the model: {first}",
                         "the model must export with torch.export.export(strict=False)") from None
-    return Captured(ep.module(), data, prefix, output_name)
+    gm = ep.module()
+    from surgeon.rewrite import finish  # rewrite imports capture's constants
+
+    # Drop what the exported output does not depend on (BERT's pooler when the entry
+    # returns last_hidden_state) now, so no pass is credited with removing it.
+    finish(gm)
+    return Captured(gm, data, prefix, output_name)
 
 
 def module_path(node: fx.Node, prefix: str = "") -> str | None:

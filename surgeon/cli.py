@@ -17,7 +17,6 @@ from rich.tree import Tree
 from surgeon.diagnostics import EXIT_USER, PassError, SpecError, UserError, VerifyError
 
 _console = Console(stderr=False, highlight=False)
-_errors = Console(stderr=True, highlight=False)
 
 
 def _add_common(p: argparse.ArgumentParser, spec: bool = True) -> None:
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(e, "exit_code", EXIT_USER)
         if args.json:
             print(json.dumps(_error_json(e, code)))
-        _errors.print(e.format(), markup=False)
+        print(e.format(), file=sys.stderr)  # never wrapped: editors parse file:line:col
         return code
     except KeyboardInterrupt:
         return 130

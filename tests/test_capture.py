@@ -19,7 +19,8 @@ def _capture(loaded):
 def test_minilm_linears_resolve_to_module_paths(minilm) -> None:
     _, captured = _capture(minilm)
     sites = captured.linear_sites()
-    assert len(sites) == 6 * 6 + 1  # q, k, v, attn out, ffn in, ffn out per layer + pooler
+    assert len(sites) == 6 * 6  # q, k, v, attn out, ffn in, ffn out; the unused pooler is dropped
+    assert "pooler.dense" not in sites
     q = sites["encoder.layer.3.attention.self.query"]
     assert (q.out_features, q.in_features, q.bias) == (384, 384, True)
     ffn = sites["encoder.layer.0.intermediate.dense"]

@@ -1,0 +1,30 @@
+"""Every shipped spec compiles on the embedded model, with verify passing and
+the report carrying what --json promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from surgeon.cli import main
+
+REPO = Path(__file__).parent.parent
+SPECS = sorted((REPO / "specs").glob("*.surg"))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_shipped_spec_compiles(spec: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # outputs land under tmp_path
+    assert main(["compile", str(spec), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params_after"] < report["params_before"]
+    for step in report["steps"]:
+        assert {"kind", "targets", "params_delta", "seconds"} <= set(step)
+        assert step["targets"]
+    assert report["verify"] and all(v["passed"] for v in report["verify"])
+    for artifact in report["artifacts"]:
+        assert (tmp_path / artifact["path"]).exists()
+        if artifact["kind"] == "onnx":
+            assert artifact["ort_max_abs_diff"] <= 1e-4
