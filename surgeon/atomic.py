@@ -46,6 +46,9 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                os.chmod(f, 0o666 & ~_umask())  # some writers create 0600 files
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -81,7 +82,9 @@ def cmd_graph(args: argparse.Namespace) -> dict[str, Any]:
             parent, parts = tree, r["path"].split(".")
             for i, part in enumerate(parts[:-1]):
                 key = ".".join(parts[: i + 1])
-                parent = nodes.setdefault(key, parent.add(part))
+                if key not in nodes:
+                    nodes[key] = parent.add(part)
+                parent = nodes[key]
             parent.add(f"[cyan]{parts[-1]}[/]  Linear {r['in_features']} → {r['out_features']}"
                        f"{'' if r['bias'] else ' (no bias)'}")
         _console.print(tree)
@@ -133,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug of ours: say so plainly, trace on request
+        if os.environ.get("SURGEON_DEBUG"):
+            raise
+        if args.json:
+            print(json.dumps(_error_json(e, 1)))
+        print(f"internal error: {type(e).__name__}: {e}\n(this is a surgeon bug; rerun with "
+              "SURGEON_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(out, default=str))
     return 0

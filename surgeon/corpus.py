@@ -129,11 +129,12 @@ def random_data(sigs: tuple[ir.InputSig, ...], cal: ir.Calibrate) -> Calibration
 
 
 def calibration_data(spec: ir.Spec, tokenizer: Any, max_positions: int | None) -> CalibrationData:
+    """Text models calibrate on text; models without a tokenizer on random inputs from
+    their declared signature (the built-in corpus is for text models only)."""
     cal = spec.calibrate
+    if tokenizer is None and cal.corpus == "file":
+        raise UserError(f"calibrate text {cal.path!r} needs a tokenizer, and this model has none",
+                        "use 'calibrate random' with declared inputs")
     if cal.corpus == "random" or tokenizer is None:
-        if cal.corpus != "random" and tokenizer is None and not spec.inputs:
-            raise UserError("this model has no tokenizer, so text calibration cannot be used",
-                            'declare inputs (input "x" float32[batch, 16]) and use '
-                            "'calibrate random'")
         return random_data(spec.inputs, cal)
     return text_data(tokenizer, cal, max_positions)

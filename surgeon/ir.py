@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -314,10 +315,19 @@ class Spec(Node):
     @field_validator("outputs")
     @classmethod
     def _distinct_outputs(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
-        paths = [o.path for o in v]
+        paths = [os.path.normpath(o.path) for o in v]
         dup = {p for p in paths if paths.count(p) > 1}
         if dup:
             raise ValueError(f"two outputs write the same path: {sorted(dup)}")
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct_inputs(cls, v: tuple[InputSig, ...]) -> tuple[InputSig, ...]:
+        names = [i.name for i in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"inputs declared twice: {sorted(dup)}")
         return v
 
     def to_text(self) -> str:

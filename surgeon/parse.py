@@ -8,6 +8,7 @@ Every failure becomes a SpecError at file:line:col with a caret, and a
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any
@@ -212,7 +213,8 @@ def _assemble(stmts: list[ir.Node]) -> ir.Spec:
         "outputs": tuple(s for s in stmts if isinstance(s, ir.ExportOnnx | ir.Save)),
     }
     _no_repeats(fields["inputs"], lambda s: s.name, "input {!r} is declared twice")
-    _no_repeats(fields["outputs"], lambda s: s.path, "two outputs write the same path {!r}")
+    _no_repeats(fields["outputs"], lambda s: os.path.normpath(s.path),
+                "two outputs write the same path {!r}")
     if calib:
         fields["calibrate"] = calib[0]
     return ir.Spec(span=models[0].span, **fields)

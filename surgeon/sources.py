@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ def load_python(ref: str, trust_code: bool) -> LoadedModel:
         raise UserError(f"'model python {ref!r}' runs code named by the spec",
                         "pass --trust-code if you trust this spec")
     module_name, _, attr = ref.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: specs name local modules
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:

@@ -92,3 +92,29 @@ def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert ":2:" in proc.stderr
+
+
+def test_graph_tree_has_one_node_per_module(tmp_path: Path, capsys) -> None:
+    assert main(["graph", _write(tmp_path, 'model "minilm"\n')]) == 0
+    tree = capsys.readouterr().out
+    assert tree.count("attention") == 6 and tree.count("intermediate") == 6
+
+
+def test_text_calibration_without_tokenizer_is_refused(tmp_path: Path, capsys,
+                                                       toy_models_on_path) -> None:
+    spec = _write(tmp_path, 'model python "toy_models:tiny_mlp"\ninput "x" float32[batch, 32]\n'
+                  'calibrate text "corpus.txt"\n')
+    assert main(["plan", spec, "--trust-code"]) == 2
+    assert "needs a tokenizer" in capsys.readouterr().err
+
+
+def test_internal_errors_exit_1_without_a_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
+    import surgeon.driver
+
+    def broken(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(surgeon.driver, "plan_spec", broken)
+    assert main(["plan", _write(tmp_path, 'model "minilm"\n')]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and "Traceback" not in err

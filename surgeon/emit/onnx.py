@@ -21,6 +21,8 @@ from surgeon.diagnostics import UserError
 from surgeon.report import ArtifactReport
 
 PROTOBUF_LIMIT = 2**31 - 1
+# float32 kernels differ by ~1e-5 between torch and onnxruntime; more is a conversion bug
+ORT_TOLERANCE = 1e-3
 
 
 def _name_dims(proto: onnx.ModelProto, captured: Captured) -> None:
@@ -68,6 +70,9 @@ def export_onnx(captured: Captured, out: ir.ExportOnnx) -> ArtifactReport:
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
     diff = ort_max_abs_diff(data, captured, captured.data.heldout[0])
+    if not diff <= ORT_TOLERANCE:  # also catches NaN
+        raise RuntimeError(f"onnxruntime output differs from the compiled torch graph by "
+                           f"{diff:.3g} (tolerance {ORT_TOLERANCE:g}); nothing was written")
     atomic.write_bytes(out.path, data)
     return ArtifactReport(kind="onnx", path=out.path, bytes=len(data),
                           sha256=hashlib.sha256(data).hexdigest(), ort_max_abs_diff=diff,

@@ -141,3 +141,11 @@ def test_failed_writes_leave_nothing_behind(
         atomic.write_bytes(tmp_path / "f.onnx", b"new")
     assert (tmp_path / "f.onnx").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.onnx"]
+
+
+def test_artifacts_follow_the_umask(compiled) -> None:
+    out, _ = compiled
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in [out / "model.onnx", *(out / "ckpt").iterdir()]:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
