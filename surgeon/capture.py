@@ -62,10 +62,7 @@ class Captured:
     output_name: str = "output"
 
     def dynamic_shapes(self) -> tuple[dict[int, Dim], ...]:
-        dims = {name: Dim(name, min=lo, max=hi) if hi else Dim(name, min=lo)
-                for name, (lo, hi) in self.data.dims.items()}
-        return tuple({i: dims[n] for i, n in enumerate(names) if n}
-                     for names in self.data.dim_names)
+        return dynamic_shapes(self.data)
 
     def linear_sites(self) -> dict[str, LinearSite]:
         return linear_sites(self.gm, self.prefix)
@@ -75,6 +72,13 @@ class Captured:
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.gm.parameters())
+
+
+def dynamic_shapes(data: CalibrationData) -> tuple[dict[int, Dim], ...]:
+    """torch.export dims per input and axis, from the data's named dynamic dims."""
+    dims = {name: Dim(name, min=lo, max=hi) if hi else Dim(name, min=lo)
+            for name, (lo, hi) in data.dims.items()}
+    return tuple({i: dims[n] for i, n in enumerate(names) if n} for names in data.dim_names)
 
 
 @contextlib.contextmanager
@@ -100,9 +104,8 @@ def entry_point(model: nn.Module, text: bool) -> tuple[nn.Module, str, str]:
 
 def capture(entry: nn.Module, data: CalibrationData, prefix: str, output_name: str) -> Captured:
     """Export `entry` (from entry_point) with the data's dynamic dims."""
-    probe = Captured(fx.GraphModule(nn.Module(), fx.Graph()), data, prefix, output_name)
     try:
-        ep = export(entry, data.example, probe.dynamic_shapes())
+        ep = export(entry, data.example, dynamic_shapes(data))
     except Exception as e:  # noqa: BLE001 - any export failure is a property of the input model
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"torch.export could not capture the model: {first}",

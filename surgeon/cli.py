@@ -66,11 +66,11 @@ def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_graph(args: argparse.Namespace) -> dict[str, Any]:
-    from surgeon.driver import _capture
+    from surgeon.driver import capture_spec
     from surgeon.sources import load_model
 
     spec = _load(args.spec)
-    _, captured = _capture(spec, load_model(spec.model, args.trust_code))
+    _, captured = capture_spec(spec, load_model(spec.model, args.trust_code))
     sites = captured.linear_sites()
     rows = [{"path": s.path, "out_features": s.out_features, "in_features": s.in_features,
              "bias": s.bias, "params": s.params} for s in sites.values()]

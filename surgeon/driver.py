@@ -37,7 +37,7 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
     t0 = time.perf_counter()
     with bar(3 + len(spec.steps) + len(spec.outputs), progress) as advance:
         loaded = loaded or load_model(spec.model, trust_code)
-        reference, captured = _capture(spec, loaded)
+        reference, captured = capture_spec(spec, loaded)
         report = CompileReport(spec=spec.to_text(), params_before=captured.num_params(),
                                params_after=captured.num_params())
         advance("passes")
@@ -53,7 +53,8 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
     return CompileResult(captured.gm, report, captured)
 
 
-def _capture(spec: ir.Spec, loaded: LoadedModel) -> tuple[nn.Module, Captured]:
+def capture_spec(spec: ir.Spec, loaded: LoadedModel) -> tuple[nn.Module, Captured]:
+    """(the eager reference entry point, its captured graph) for a spec's model."""
     data = calibration_data(spec, loaded.tokenizer, loaded.max_positions)
     text = data.input_names == ("input_ids", "attention_mask") and loaded.tokenizer is not None
     entry, prefix, output_name = entry_point(loaded.module, text)
@@ -114,7 +115,7 @@ def plan_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *,
     Each step is planned against the captured (unmodified) graph.
     """
     loaded = loaded or load_model(spec.model, trust_code)
-    _, captured = _capture(spec, loaded)
+    _, captured = capture_spec(spec, loaded)
     steps = []
     for step in spec.steps:
         layers = pass_for(step).plan(PassContext(captured), step)

@@ -117,6 +117,9 @@ class InputSig(Node):
         return f"input {_str(self.name)} {self.dtype}[{dims}]"
 
 
+_CALIBRATE_RANGES = {"samples": (1, 100_000), "seqlen": (2, 8192), "seed": (0, 2**63 - 1)}
+
+
 class Calibrate(Node):
     kind: Literal["calibrate"] = "calibrate"
     corpus: Literal["builtin", "file", "random"] = "builtin"
@@ -131,25 +134,12 @@ class Calibrate(Node):
             raise ValueError("a text corpus file needs a path, and only it")
         return self
 
-    @field_validator("samples")
+    @field_validator("samples", "seqlen", "seed")
     @classmethod
-    def _samples(cls, v: int) -> int:
-        if not 1 <= v <= 100_000:
-            raise ValueError(f"samples must be between 1 and 100000, got {v}")
-        return v
-
-    @field_validator("seqlen")
-    @classmethod
-    def _seqlen(cls, v: int) -> int:
-        if not 2 <= v <= 8192:
-            raise ValueError(f"seqlen must be between 2 and 8192, got {v}")
-        return v
-
-    @field_validator("seed")
-    @classmethod
-    def _seed(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"seed must be >= 0, got {v}")
+    def _in_range(cls, v: int, info: ValidationInfo) -> int:
+        lo, hi = _CALIBRATE_RANGES[info.field_name or ""]
+        if not lo <= v <= hi:
+            raise ValueError(f"{info.field_name} must be between {lo} and {hi}, got {v}")
         return v
 
     def to_text(self) -> str:
