@@ -51,3 +51,19 @@ def test_tiny_llama_captures_with_its_module_paths(llama_dir) -> None:
     with torch.no_grad():
         torch.testing.assert_close(captured.gm(enc["input_ids"], enc["attention_mask"]),
                                    entry(enc["input_ids"], enc["attention_mask"]))
+
+
+def test_tiny_llama_compiles_end_to_end(llama_dir, tmp_path) -> None:
+    import surgeon
+
+    spec = (f'model hf "{llama_dir}"\ncalibrate text builtin samples 8 seqlen 32\n'
+            'factorize "layers.*.mlp.{gate,up,down}_proj" rank 8\n'
+            f'export onnx "{tmp_path}/llama.onnx"\nsave "{tmp_path}/ckpt"\n')
+    result = surgeon.compile(spec)
+    assert result.report.steps[0].targets == [f"layers.{i}.mlp.{p}_proj" for i in (0, 1)
+                                              for p in ("gate", "up", "down")]
+    assert result.report.artifacts[0].ort_max_abs_diff <= 1e-4
+    reloaded = surgeon.load(tmp_path / "ckpt")
+    ids, mask = result.captured.data.heldout[0].inputs
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids, mask), result.module(ids, mask), atol=0, rtol=0)
