@@ -1,22 +1,34 @@
 """factorize: replace a dense linear W (out x in) by two thinner ones.
 
-Truncated SVD W = U S V^T kept to rank k and split symmetrically,
-W' = (U_k S_k^1/2)(S_k^1/2 V_k^T), so y = W'x + b runs as two linears of
-k*(in+out) weights instead of in*out. By Eckart-Young (1936) this is the best
-rank-k approximation in Frobenius norm, with error sqrt(sum of dropped s^2).
-Plain SVD ignores what the layer sees; SVD-LLM (Wang et al., 2024,
-arXiv:2403.07378) whitens by the input Gram first (the factorization issue adds
-it). A layer where rank k saves no parameters stays dense, with a warning.
+W is approximated at rank k as second @ first (k x in, then out x k), so the
+layer runs as two linears holding k*(in+out) weights instead of in*out. The
+method decides what "approximated" means (surgeon/lowrank.py):
+
+- svd:     truncated SVD, best in Frobenius norm (Eckart-Young, 1936);
+- asvd:    columns scaled by mean |x|^alpha first (ASVD, Yuan et al., 2023);
+- svd_llm: whitened by the Cholesky factor of the input Gram, so the dropped
+           sigma^2 are exactly the layer's output error on calibration data
+           (SVD-LLM, Wang et al., 2024, arXiv:2403.07378);
+- fwsvd:   rows weighted by Fisher importance (FWSVD, Hsu et al., ICLR 2022).
+
+Ranks come from `rank N`, `params P%` (of each layer), `energy E` (of the
+method's spectrum), or `budget P%`: one parameter budget over all matched
+layers, allocated greedily by truncation loss per parameter (SVD-LLM v2).
+A layer where the rank saves no parameters stays dense, with a warning.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
 from surgeon import targets
-from surgeon.ir import Energy, Factorize, ParamsFraction, Rank
+from surgeon.capture import LinearSite
+from surgeon.diagnostics import UserError
+from surgeon.ir import Budget, Energy, Factorize, ParamsFraction, Rank
+from surgeon.lowrank import NEEDS, Decomposition, allocate, decompose, output_rel_error
 from surgeon.registry import LayerPlan, PassContext, PassResult, register_pass
 from surgeon.rewrite import finish, set_param, split_linear
 
@@ -45,63 +57,113 @@ def choose_rank(spec: Rank | ParamsFraction | Energy, out_f: int, in_f: int,
 
 
 def svd_factors(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(first k x in, second out x k, all singular values); second @ first = rank-k W."""
-    u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
-    root = s[:k].sqrt()
-    first = (root[:, None] * vh[:k]).to(weight.dtype)
-    second = (u[:, :k] * root[None, :]).to(weight.dtype)
-    return first, second, s
+    """Plain truncated SVD: (first k x in, second out x k, all singular values)."""
+    dec = decompose("svd", weight)
+    first, second = dec.factors(k, weight.dtype)
+    return first, second, dec.s
 
 
-def _plan_layer(path: str, out_f: int, in_f: int, bias: int, k: int) -> LayerPlan:
+def role(path: str) -> str:
+    """A layer's role: its path with layer indices generalised (encoder.layer.*.output.dense)."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)", "*", path)
+
+
+def _budget_ranks(step: Factorize, sites: list[LinearSite], decs: list[Decomposition]) -> list[int]:
+    """Ranks under `budget P%`: each role (q, k, v, FFN in, ...) keeps P% of its dense weights,
+    redistributed across depth by truncation loss per parameter (SVD-LLM v2's heterogeneity).
+
+    Losses are compared only within a role: across roles the absolute whitened losses
+    differ in scale by orders of magnitude and a single pool starves whole roles
+    (on MiniLM at 60% it fell below uniform ranks; docs/benchmarks.md has the figures).
+    """
+    assert isinstance(step.rank, Budget)
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(sites):
+        groups.setdefault(role(s.path), []).append(i)
+    ranks = [0] * len(sites)
+    for name, idx in groups.items():
+        members = [sites[i] for i in idx]
+        budget = math.floor(step.rank.percent / 100 * sum(s.out_features * s.in_features
+                                                          for s in members))
+        costs = [s.out_features + s.in_features for s in members]
+        if sum(costs) > budget:
+            raise UserError(f"budget {step.rank.percent:g}% of {name} ({budget:,} weights) is "
+                            f"below rank 1 for each of its layers ({sum(costs):,} weights)")
+        caps = [breakeven_rank(s.out_features, s.in_features) for s in members]
+        for i, k in zip(idx, allocate(costs, [decs[i].s.pow(2) for i in idx], caps, budget),
+                        strict=True):
+            ranks[i] = k
+    return ranks
+
+
+def _layer_plan(site: LinearSite, k: int, method: str, dec: Decomposition) -> LayerPlan:
+    out_f, in_f = site.out_features, site.in_features
+    bias = out_f if site.bias else 0
     dense = out_f * in_f
     limit = breakeven_rank(out_f, in_f)
     keep_dense = k > limit
     after = dense if keep_dense else lowrank_params(out_f, in_f, k)
-    note = (f"rank {k} saves nothing (break-even rank {limit}); layer kept dense"
-            if keep_dense else None)
-    return LayerPlan(path=path, shape=(out_f, in_f), rank=None if keep_dense else k,
-                     params_before=dense + bias, params_after=after + bias,
-                     flops_before=2 * dense, flops_after=2 * after, note=note)
+    note = f"rank {k} saves nothing (break-even rank {limit}); layer kept dense" \
+        if keep_dense else None
+    if dec.jitter:
+        note = f"Gram not positive definite: added {dec.jitter:g} x mean diagonal"
+    return LayerPlan(path=site.path, shape=(out_f, in_f), rank=None if keep_dense else k,
+                     method=method, params_before=dense + bias, params_after=after + bias,
+                     flops_before=2 * dense, flops_after=2 * after,
+                     predicted_loss=None if keep_dense else dec.dropped_energy(k),
+                     jitter=dec.jitter or None, note=note)
 
 
 @register_pass(Factorize)
 class FactorizePass:
     name = "factorize"
 
+    def requires(self, ctx: PassContext, step: Factorize) -> dict[str, set[str]]:
+        """Statistics per matched layer: the method's, plus held-out inputs for the report."""
+        needs = {*NEEDS[step.method], "heldout_gram"}
+        return {p: needs for p in targets.resolve(step.target, ctx.captured.linear_sites())}
+
+    def _decide(self, ctx: PassContext, step: Factorize):
+        gm, all_sites = ctx.captured.gm, ctx.captured.linear_sites()
+        sites = [all_sites[p] for p in targets.resolve(step.target, all_sites)]
+        stats = ctx.stats.layers if ctx.stats else {}
+        if NEEDS[step.method] and not all(s.path in stats for s in sites):
+            raise ValueError(f"method {step.method} needs calibration statistics")
+        decs = [decompose(step.method, gm.get_parameter(s.weight), stats.get(s.path), step.alpha)
+                for s in sites]
+        if isinstance(step.rank, Budget):
+            ranks = _budget_ranks(step, sites, decs)
+        else:
+            ranks = [choose_rank(step.rank, s.out_features, s.in_features, d.s)
+                     for s, d in zip(sites, decs, strict=True)]
+        plans = [_layer_plan(s, k, step.method, d) for s, k, d in zip(sites, ranks, decs,
+                                                                          strict=True)]
+        return list(zip(plans, sites, decs, strict=True))
+
     def plan(self, ctx: PassContext, step: Factorize) -> list[LayerPlan]:
-        sites = ctx.captured.linear_sites()
-        plans = []
-        for path in targets.resolve(step.target, sites):
-            site = sites[path]
-            sv = None
-            if isinstance(step.rank, Energy):
-                w = ctx.captured.gm.get_parameter(site.weight)
-                sv = torch.linalg.svdvals(w.detach().double())
-            k = choose_rank(step.rank, site.out_features, site.in_features, sv)
-            plans.append(_plan_layer(path, site.out_features, site.in_features,
-                                     site.out_features if site.bias else 0, k))
-        return plans
+        return [plan for plan, _, _ in self._decide(ctx, step)]
 
     def run(self, ctx: PassContext, step: Factorize) -> PassResult:
         gm = ctx.captured.gm
-        sites = ctx.captured.linear_sites()
-        plans = self.plan(ctx, step)
-        modified = False
-        for plan in plans:
+        done, modified = [], False
+        for plan, site, dec in self._decide(ctx, step):
             if plan.rank is None:
                 ctx.warnings.append(f"factorize {plan.path}: {plan.note}")
             else:
-                site = sites[plan.path]
                 w = gm.get_parameter(site.weight).detach()
-                first, second, _ = svd_factors(w, plan.rank)
+                first, second = dec.factors(plan.rank, w.dtype)
+                held = ctx.stats.layers.get(site.path) if ctx.stats else None
+                if held is not None and held.heldout_gram is not None:
+                    err = output_rel_error(w, second @ first, held.heldout_gram)
+                    plan = plan.model_copy(update={"heldout_rel_error": err})
                 owner = site.weight.removesuffix(".weight")
                 set_param(gm, f"{owner}.factor_in", first)
                 set_param(gm, f"{owner}.factor_out", second)
                 for node in site.nodes:
                     split_linear(gm, node, f"{owner}.factor_in", f"{owner}.factor_out", plan.rank)
                 modified = True
-            if ctx.progress:
-                ctx.progress(1)
+            if plan.jitter:
+                ctx.warnings.append(f"factorize {plan.path}: {plan.note}")
+            done.append(plan)
         finish(gm)
-        return PassResult(modified=modified, layers=plans)
+        return PassResult(modified=modified, layers=done)

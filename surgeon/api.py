@@ -12,7 +12,13 @@ from torch import nn
 from surgeon import ir
 from surgeon.capture import capture, entry_point
 from surgeon.corpus import Batch, CalibrationData, text_data
-from surgeon.driver import CompileResult, compile_spec, plan_spec, run_passes
+from surgeon.driver import (
+    CompileResult,
+    collect_stats,
+    compile_spec,
+    plan_spec,
+    run_passes,
+)
 from surgeon.emit.checkpoint import load as load_checkpoint
 from surgeon.report import CompileReport
 from surgeon.sources import LoadedModel, embedded_model_dir
@@ -79,7 +85,7 @@ def apply(model: nn.Module, steps: Sequence[Any], *,
     entry, prefix, output_name = entry_point(model, tokenizer is not None)
     captured = capture(entry, data, prefix, output_name)
     report = CompileReport(params_before=captured.num_params(), params_after=captured.num_params())
-    run_passes(captured, tuple(steps), report)
+    run_passes(captured, tuple(steps), report, stats=collect_stats(captured, tuple(steps)))
     report.fidelity = fidelity(entry, captured.gm, data.heldout)
     return CompileResult(captured.gm, report, captured)
 

@@ -13,6 +13,7 @@ from typing import Any
 from torch import fx, nn
 
 from surgeon import ir
+from surgeon.calibration import CalibrationStats
 from surgeon.capture import Captured, capture, entry_point
 from surgeon.corpus import calibration_data
 from surgeon.diagnostics import PassError, UserError
@@ -35,13 +36,16 @@ class CompileResult:
 def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code: bool = False,
                  progress: bool = False) -> CompileResult:
     t0 = time.perf_counter()
-    with bar(3 + len(spec.steps) + len(spec.outputs), progress) as advance:
+    with bar(4 + len(spec.steps) + len(spec.outputs), progress) as advance:
         loaded = loaded or load_model(spec.model, trust_code)
         reference, captured = capture_spec(spec, loaded)
         report = CompileReport(spec=spec.to_text(), params_before=captured.num_params(),
                                params_after=captured.num_params())
-        advance("passes")
-        run_passes(captured, spec.steps, report, advance)
+        advance("calibration statistics")
+        t1 = time.perf_counter()
+        stats = collect_stats(captured, spec.steps)
+        report.seconds["calibration"] = time.perf_counter() - t1
+        run_passes(captured, spec.steps, report, advance, stats)
         advance("verify on held-out inputs")
         report.fidelity = fidelity(reference, captured.gm, captured.data.heldout)
         report.verify = check(spec.checks, report.fidelity)
@@ -65,8 +69,21 @@ def _fingerprint(gm: fx.GraphModule) -> tuple[str, tuple[tuple[str, int], ...]]:
     return str(gm.graph), tuple((n, id(p)) for n, p in gm.named_parameters())
 
 
+def collect_stats(captured: Captured, steps: tuple[Any, ...]) -> CalibrationStats:
+    """Ask every pass what it needs, then run over the calibration data once."""
+    stats = CalibrationStats(captured)
+    ctx = PassContext(captured, stats)
+    for step in steps:
+        p = pass_for(step)
+        if hasattr(p, "requires"):
+            for path, kinds in p.requires(ctx, step).items():
+                stats.request(path, *kinds)
+    stats.collect()
+    return stats
+
+
 def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport,
-               advance: Advance | None = None) -> None:
+               advance: Advance | None = None, stats: CalibrationStats | None = None) -> None:
     """Run each step's pass, lint the graph after it, and record what changed."""
     done: list[str] = []
     for step in steps:
@@ -74,7 +91,7 @@ def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport
         line = step.span.line if step.span else None
         before, nodes = captured.num_params(), len(captured.gm.graph.nodes)
         mark, t0 = _fingerprint(captured.gm), time.perf_counter()
-        ctx = PassContext(captured)
+        ctx = PassContext(captured, stats)
         try:
             result = p.run(ctx, step)
             captured.gm.graph.lint()
@@ -116,9 +133,10 @@ def plan_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *,
     """
     loaded = loaded or load_model(spec.model, trust_code)
     _, captured = capture_spec(spec, loaded)
+    stats = collect_stats(captured, spec.steps)
     steps = []
     for step in spec.steps:
-        layers = pass_for(step).plan(PassContext(captured), step)
+        layers = pass_for(step).plan(PassContext(captured, stats), step)
         steps.append({
             "kind": step.kind, "line": step.span.line if step.span else None,
             "text": step.to_text(), "targets": [lp.path for lp in layers],

@@ -27,7 +27,7 @@ from pydantic import (
 from surgeon.diagnostics import UserError, hint_for
 
 EMBEDDED_MODELS = ("minilm",)
-FACTORIZE_METHODS = ("svd",)
+FACTORIZE_METHODS = ("svd", "asvd", "svd_llm", "fwsvd")
 VERIFY_METRICS = {"cosine": ">=", "embedding_cosine": ">=", "rel_error": "<="}
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -194,7 +194,24 @@ class Energy(Node):
         return f"energy {_num(self.fraction)}"
 
 
-RankSpec = Annotated[Rank | ParamsFraction | Energy, Field(discriminator="kind")]
+class Budget(Node):
+    """A global parameter budget over every layer the target matches (SVD-LLM v2 style)."""
+
+    kind: Literal["budget"] = "budget"
+    percent: float
+
+    @field_validator("percent")
+    @classmethod
+    def _percent(cls, v: float) -> float:
+        if not 0 < v < 100:
+            raise ValueError(f"budget must be between 0% and 100% (exclusive), got {_num(v)}%")
+        return v
+
+    def to_text(self) -> str:
+        return f"budget {_num(self.percent)}%"
+
+
+RankSpec = Annotated[Rank | ParamsFraction | Energy | Budget, Field(discriminator="kind")]
 
 
 class Factorize(Node):
@@ -202,6 +219,7 @@ class Factorize(Node):
     target: str
     rank: RankSpec
     method: str = "svd"
+    alpha: float | None = None  # asvd's activation-scaling exponent (default 0.5)
 
     @field_validator("target")
     @classmethod
@@ -218,8 +236,20 @@ class Factorize(Node):
             raise _unknown("factorize method", v, FACTORIZE_METHODS)
         return v
 
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is None:
+            return v
+        if info.data.get("method") != "asvd":
+            raise ValueError("alpha applies to method asvd only")
+        if not math.isfinite(v) or not 0 <= v <= 4:
+            raise ValueError(f"alpha must be between 0 and 4, got {_num(v)}")
+        return v
+
     def to_text(self) -> str:
-        return f"factorize {_str(self.target)} {self.rank.to_text()} method {self.method}"
+        alpha = f" alpha {_num(self.alpha)}" if self.alpha is not None else ""
+        return f"factorize {_str(self.target)} {self.rank.to_text()} method {self.method}{alpha}"
 
 
 # Passes are a discriminated union as soon as there are two of them.

@@ -153,15 +153,24 @@ class ToIR(Transformer):
     def energy(self, meta: Any, c: list[Token]) -> ir.Energy:
         return _build(ir.Energy, meta, {"fraction": c[0]}, fraction=float(c[0]))
 
-    def method(self, meta: Any, c: list[Token]) -> Token:
+    def budget(self, meta: Any, c: list[Token]) -> ir.Budget:
+        return _build(ir.Budget, meta, {"percent": c[0]}, percent=float(c[0]))
+
+    def alpha(self, meta: Any, c: list[Token]) -> Token:
         return c[0]
+
+    def method(self, meta: Any, c: list[Token]) -> list[Token]:
+        return c
 
     def factorize(self, meta: Any, c: list[Any]) -> ir.Factorize:
         target, rank, *method = c
         fields: dict[str, Any] = {"target": _string(target), "rank": rank}
         tokens = {"target": target}
         if method:
-            fields["method"], tokens["method"] = str(method[0]), method[0]
+            name, *alpha = method[0]
+            fields["method"], tokens["method"] = str(name), name
+            if alpha:
+                fields["alpha"], tokens["alpha"] = float(alpha[0]), alpha[0]
         return _build(ir.Factorize, meta, tokens, **fields)
 
     def verify(self, meta: Any, c: list[Token]) -> ir.Verify:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from surgeon.calibration import CalibrationStats
 from surgeon.capture import Captured
 
 
@@ -21,16 +22,21 @@ class LayerPlan(BaseModel):
     path: str
     shape: tuple[int, int]
     rank: int | None = None
+    method: str | None = None
     params_before: int
     params_after: int
     flops_before: int  # multiply-adds x2 per token
     flops_after: int
+    predicted_loss: float | None = None  # fraction of the method's sigma^2 dropped
+    heldout_rel_error: float | None = None  # ||(W - W')X^T|| / ||W X^T|| on held-out inputs
+    jitter: float | None = None
     note: str | None = None
 
 
 @dataclass
 class PassContext:
     captured: Captured
+    stats: CalibrationStats | None = None  # shared, collected once before the passes
     warnings: list[str] = field(default_factory=list)
     progress: Any = None  # callable(advance: int) or None
 
@@ -47,6 +53,9 @@ class Pass(Protocol):
     def plan(self, ctx: PassContext, step: Any) -> list[LayerPlan]: ...
 
     def run(self, ctx: PassContext, step: Any) -> PassResult: ...
+
+    # optional: def requires(self, ctx, step) -> dict[str, set[str]]
+    # calibration statistics per layer path (see surgeon.calibration.KINDS)
 
 
 _PASSES: dict[type, Pass] = {}

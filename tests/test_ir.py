@@ -236,7 +236,7 @@ def test_json_schema_discriminators() -> None:
     assert set(outputs["discriminator"]["mapping"]) == {"export_onnx", "save"}
     rank = schema["$defs"]["Factorize"]["properties"]["rank"]
     assert rank["discriminator"]["propertyName"] == "kind"
-    assert set(rank["discriminator"]["mapping"]) == {"rank", "params", "energy"}
+    assert set(rank["discriminator"]["mapping"]) == {"rank", "params", "energy", "budget"}
     assert schema["$defs"]["Rank"]["additionalProperties"] is False
 
 
