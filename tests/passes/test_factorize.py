@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from activations import stored_inputs
 from surgeon.passes.factorize import breakeven_rank, choose_rank, svd_factors
 from toy_models import tiny_mlp  # noqa: E402  (tests/ is on sys.path via conftest rootdir)
 
@@ -91,3 +92,51 @@ def test_factorized_minilm_layers_hold_the_planned_rank(minilm) -> None:
     assert len(shapes) == 12
     assert {s for n, s in shapes.items() if n.endswith("factor_in")} == {(k, 384)}
     assert result.report.fidelity["cosine"] > 0.9
+
+
+def _whitened_rank(weight: torch.Tensor, gram: torch.Tensor, fraction: float) -> int:
+    s = np.linalg.svd(weight.double().numpy() @ np.linalg.cholesky(gram.numpy()),
+                      compute_uv=False)
+    kept = np.cumsum(s**2) / np.sum(s**2)
+    return int(np.searchsorted(kept, fraction - 1e-12)) + 1
+
+
+def test_svd_llm_energy_and_report_match_direct_computation(minilm) -> None:
+    path = "encoder.layer.2.attention.self.key"
+    steps = [Factorize(target=path, rank=Energy(fraction=0.9), method="svd_llm")]
+    result = surgeon.apply(minilm.module, steps, tokenizer=minilm.tokenizer)
+    layer = result.report.steps[0].layers[0]
+    captured = result.captured
+    module = minilm.module.get_submodule(path)
+
+    def inputs(batches) -> torch.Tensor:
+        return stored_inputs(lambda ids, mask: minilm.module(input_ids=ids, attention_mask=mask),
+                             module, batches)
+
+    x = inputs(captured.data.calibration)
+    w = module.weight.detach().double()
+    assert layer.rank == _whitened_rank(w, x.T @ x, 0.9)
+    params = dict(result.module.named_parameters())
+    approx = (params[f"model.{path}.factor_out"] @ params[f"model.{path}.factor_in"]).detach()
+    approx = approx.double()
+    xh = inputs(captured.data.heldout)
+    direct = float(torch.linalg.norm((w - approx) @ xh.T) / torch.linalg.norm(w @ xh.T))
+    assert layer.heldout_rel_error == pytest.approx(direct, rel=1e-3)
+    assert 0 < layer.predicted_loss <= 0.1 + 1e-9
+
+
+def test_budget_keeps_each_role_within_its_share(minilm) -> None:
+    from surgeon.ir import Budget
+
+    steps = [Factorize(target="encoder.layer.*.{intermediate,output}.dense",
+                       rank=Budget(percent=40), method="svd_llm")]
+    result = surgeon.apply(minilm.module, steps, tokenizer=minilm.tokenizer)
+    layers = result.report.steps[0].layers
+    for role in ("intermediate", "output"):
+        members = [lp for lp in layers if f".{role}." in lp.path]
+        assert len(members) == 6
+        dense = sum(lp.shape[0] * lp.shape[1] for lp in members)
+        kept = sum(lp.rank * (lp.shape[0] + lp.shape[1]) for lp in members)
+        assert kept <= 0.4 * dense
+        assert kept > 0.4 * dense - max(lp.shape[0] + lp.shape[1] for lp in members)
+    assert len({lp.rank for lp in layers}) > 2  # ranks differ across depth
