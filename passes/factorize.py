@@ -136,9 +136,18 @@ class FactorizePass:
         else:
             ranks = [choose_rank(step.rank, s.out_features, s.in_features, d.s)
                      for s, d in zip(sites, decs, strict=True)]
-        plans = [_layer_plan(s, k, step.method, d) for s, k, d in zip(sites, ranks, decs,
-                                                                          strict=True)]
-        return list(zip(plans, sites, decs, strict=True))
+        decided = []
+        for site, k, dec in zip(sites, ranks, decs, strict=True):
+            plan, factors = _layer_plan(site, k, step.method, dec), None
+            if plan.rank is not None:
+                w = gm.get_parameter(site.weight).detach()
+                factors = dec.factors(plan.rank, w.dtype)
+                held = stats.get(site.path)
+                if held is not None and held.heldout_gram is not None:
+                    err = output_rel_error(w, factors[1] @ factors[0], held.heldout_gram)
+                    plan = plan.model_copy(update={"heldout_rel_error": err})
+            decided.append((plan, site, factors))
+        return decided
 
     def plan(self, ctx: PassContext, step: Factorize) -> list[LayerPlan]:
         return [plan for plan, _, _ in self._decide(ctx, step)]
@@ -146,16 +155,11 @@ class FactorizePass:
     def run(self, ctx: PassContext, step: Factorize) -> PassResult:
         gm = ctx.captured.gm
         done, modified = [], False
-        for plan, site, dec in self._decide(ctx, step):
-            if plan.rank is None:
+        for plan, site, factors in self._decide(ctx, step):
+            if factors is None:
                 ctx.warnings.append(f"factorize {plan.path}: {plan.note}")
             else:
-                w = gm.get_parameter(site.weight).detach()
-                first, second = dec.factors(plan.rank, w.dtype)
-                held = ctx.stats.layers.get(site.path) if ctx.stats else None
-                if held is not None and held.heldout_gram is not None:
-                    err = output_rel_error(w, second @ first, held.heldout_gram)
-                    plan = plan.model_copy(update={"heldout_rel_error": err})
+                first, second = factors
                 owner = site.weight.removesuffix(".weight")
                 set_param(gm, f"{owner}.factor_in", first)
                 set_param(gm, f"{owner}.factor_out", second)

@@ -17,7 +17,8 @@ from rich.tree import Tree
 
 from surgeon.diagnostics import EXIT_USER, PassError, SpecError, UserError, VerifyError
 
-_console = Console(stderr=False, highlight=False)
+# Piped output gets a fixed wide layout instead of rich's 80-column fallback.
+_console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _add_common(p: argparse.ArgumentParser, spec: bool = True) -> None:

@@ -49,7 +49,31 @@ def _n(x: int) -> str:
     return f"{x:,}"
 
 
-def render(report: CompileReport, console: Console) -> None:
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def layer_table(title: str, layers: list[dict[str, Any]]) -> Table:
+    """Per layer: rank, params kept, predicted loss, held-out output error, MFLOP/token."""
+    t = Table(title=title, title_justify="left")
+    for col in ("layer", "shape", "method", "rank", "params", "→", "pred. loss",
+                "held-out err", "MFLOP/tok", "note"):
+        t.add_column(col)
+    for lp in layers:
+        t.add_row(lp["path"], "x".join(map(str, lp["shape"])), lp.get("method") or "-",
+                  str(lp["rank"] or "dense"), _n(lp["params_before"]), _n(lp["params_after"]),
+                  _fmt(lp.get("predicted_loss"), ".4f"), _fmt(lp.get("heldout_rel_error"), ".4f"),
+                  f"{lp['flops_before'] / 1e6:.2f} → {lp['flops_after'] / 1e6:.2f}",
+                  lp["note"] or "")
+    return t
+
+
+def render(report: CompileReport, console: Console, layers: bool = True) -> None:
+    if layers:
+        for s in report.steps:
+            if s.layers:
+                title = f"line {s.line}: {s.kind}" if s.line else s.kind
+                console.print(layer_table(title, [lp.model_dump() for lp in s.layers]))
     steps = Table(title="passes", title_justify="left")
     for col in ("line", "step", "targets", "params before", "params after", "Δ", "s"):
         steps.add_column(col, justify="right" if col != "step" else "left")
@@ -80,15 +104,7 @@ def render(report: CompileReport, console: Console) -> None:
 def render_plan(plan: list[dict[str, Any]], params_before: int, console: Console) -> None:
     total = params_before
     for step in plan:
-        t = Table(title=f"line {step['line']}: {step['text']}", title_justify="left")
-        for col in ("layer", "shape", "rank", "params", "→", "MFLOP/token", "note"):
-            t.add_column(col)
-        for lp in step["layers"]:
-            t.add_row(lp["path"], "x".join(map(str, lp["shape"])), str(lp["rank"] or "dense"),
-                      _n(lp["params_before"]), _n(lp["params_after"]),
-                      f"{lp['flops_before'] / 1e6:.2f} → {lp['flops_after'] / 1e6:.2f}",
-                      lp["note"] or "")
-        console.print(t)
+        console.print(layer_table(f"line {step['line']}: {step['text']}", step["layers"]))
         total += step["params_delta"]
     console.print(f"params: {_n(params_before)} -> {_n(total)} "
                   f"({total / params_before:.1%} of the original)")
