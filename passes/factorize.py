@@ -63,9 +63,11 @@ def svd_factors(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return first, second, dec.s
 
 
-def role(path: str) -> str:
-    """A layer's role: its path with layer indices generalised (encoder.layer.*.output.dense)."""
-    return re.sub(r"(?<=\.)\d+(?=\.|$)", "*", path)
+def role(site: LinearSite) -> str:
+    """A layer's role: its path with layer indices generalised (encoder.layer.*.output.dense)
+    and its shape, so numbered siblings of different shapes (nn.Sequential) stay apart."""
+    path = re.sub(r"(?<=\.)\d+(?=\.|$)", "*", site.path)
+    return f"{path} ({site.out_features}x{site.in_features})"
 
 
 def _budget_ranks(step: Factorize, sites: list[LinearSite], decs: list[Decomposition]) -> list[int]:
@@ -79,7 +81,7 @@ def _budget_ranks(step: Factorize, sites: list[LinearSite], decs: list[Decomposi
     assert isinstance(step.rank, Budget)
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(sites):
-        groups.setdefault(role(s.path), []).append(i)
+        groups.setdefault(role(s), []).append(i)
     ranks = [0] * len(sites)
     for name, idx in groups.items():
         members = [sites[i] for i in idx]
@@ -103,15 +105,24 @@ def _layer_plan(site: LinearSite, k: int, method: str, dec: Decomposition) -> La
     limit = breakeven_rank(out_f, in_f)
     keep_dense = k > limit
     after = dense if keep_dense else lowrank_params(out_f, in_f, k)
-    note = f"rank {k} saves nothing (break-even rank {limit}); layer kept dense" \
-        if keep_dense else None
+    notes = [f"rank {k} saves nothing (break-even rank {limit}); layer kept dense"] \
+        if keep_dense else []
     if dec.jitter:
-        note = f"Gram not positive definite: added {dec.jitter:g} x mean diagonal"
+        notes.append(f"Gram not positive definite: added {dec.jitter:g} x mean diagonal")
+    note = "; ".join(notes) or None
     return LayerPlan(path=site.path, shape=(out_f, in_f), rank=None if keep_dense else k,
                      method=method, params_before=dense + bias, params_after=after + bias,
                      flops_before=2 * dense, flops_after=2 * after,
                      predicted_loss=None if keep_dense else dec.dropped_energy(k),
                      jitter=dec.jitter or None, note=note)
+
+
+def _decompose(step: Factorize, weight: torch.Tensor, path: str, stats) -> Decomposition:
+    try:
+        return decompose(step.method, weight, stats, step.alpha)
+    except ValueError as e:  # degenerate calibration data, not a bug
+        raise UserError(f"factorize {path} (method {step.method}): {e}",
+                        "calibrate on more (or more varied) samples, or use method svd") from None
 
 
 @register_pass(Factorize)
@@ -129,7 +140,7 @@ class FactorizePass:
         stats = ctx.stats.layers if ctx.stats else {}
         if NEEDS[step.method] and not all(s.path in stats for s in sites):
             raise ValueError(f"method {step.method} needs calibration statistics")
-        decs = [decompose(step.method, gm.get_parameter(s.weight), stats.get(s.path), step.alpha)
+        decs = [_decompose(step, gm.get_parameter(s.weight), s.path, stats.get(s.path))
                 for s in sites]
         if isinstance(step.rank, Budget):
             ranks = _budget_ranks(step, sites, decs)
@@ -156,9 +167,9 @@ class FactorizePass:
         gm = ctx.captured.gm
         done, modified = [], False
         for plan, site, factors in self._decide(ctx, step):
-            if factors is None:
+            if plan.note:
                 ctx.warnings.append(f"factorize {plan.path}: {plan.note}")
-            else:
+            if factors is not None:
                 first, second = factors
                 owner = site.weight.removesuffix(".weight")
                 set_param(gm, f"{owner}.factor_in", first)
@@ -166,8 +177,6 @@ class FactorizePass:
                 for node in site.nodes:
                     split_linear(gm, node, f"{owner}.factor_in", f"{owner}.factor_out", plan.rank)
                 modified = True
-            if plan.jitter:
-                ctx.warnings.append(f"factorize {plan.path}: {plan.note}")
             done.append(plan)
         finish(gm)
         return PassResult(modified=modified, layers=done)
