@@ -36,14 +36,14 @@ class CompileResult:
 def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code: bool = False,
                  progress: bool = False) -> CompileResult:
     t0 = time.perf_counter()
-    with bar(4 + len(spec.steps) + len(spec.outputs), progress) as advance:
-        loaded = loaded or load_model(spec.model, trust_code)
-        reference, captured = capture_spec(spec, loaded)
+    loaded = loaded or load_model(spec.model, trust_code)
+    reference, captured = capture_spec(spec, loaded)
+    batches = len(captured.data.calibration)
+    with bar(batches + 2 + len(spec.steps) + len(spec.outputs), progress) as advance:
         report = CompileReport(spec=spec.to_text(), params_before=captured.num_params(),
                                params_after=captured.num_params())
-        advance("calibration statistics")
         t1 = time.perf_counter()
-        stats = collect_stats(captured, spec.steps)
+        stats = collect_stats(captured, spec.steps, lambda: advance("calibration statistics"))
         report.seconds["calibration"] = time.perf_counter() - t1
         run_passes(captured, spec.steps, report, advance, stats)
         advance("verify on held-out inputs")
@@ -69,7 +69,8 @@ def _fingerprint(gm: fx.GraphModule) -> tuple[str, tuple[tuple[str, int], ...]]:
     return str(gm.graph), tuple((n, id(p)) for n, p in gm.named_parameters())
 
 
-def collect_stats(captured: Captured, steps: tuple[Any, ...]) -> CalibrationStats:
+def collect_stats(captured: Captured, steps: tuple[Any, ...],
+                  progress: Any = None) -> CalibrationStats:
     """Ask every pass what it needs, then run over the calibration data once."""
     stats = CalibrationStats(captured)
     ctx = PassContext(captured, stats)
@@ -78,7 +79,7 @@ def collect_stats(captured: Captured, steps: tuple[Any, ...]) -> CalibrationStat
         if hasattr(p, "requires"):
             for path, kinds in p.requires(ctx, step).items():
                 stats.request(path, *kinds)
-    stats.collect()
+    stats.collect(progress)
     return stats
 
 
