@@ -129,10 +129,10 @@ def _decompose(step: Factorize, weight: torch.Tensor, path: str, stats) -> Decom
 class FactorizePass:
     name = "factorize"
 
-    def requires(self, ctx: PassContext, step: Factorize) -> dict[str, set[str]]:
+    def requires(self, ctx: PassContext, step: Factorize) -> None:
         """Statistics per matched layer: the method's, plus held-out inputs for the report."""
-        needs = {*NEEDS[step.method], "heldout_gram"}
-        return {p: needs for p in targets.resolve(step.target, ctx.captured.linear_sites())}
+        for path in targets.resolve(step.target, ctx.captured.linear_sites()):
+            ctx.stats.request(path, *NEEDS[step.method], "heldout_gram")
 
     def _decide(self, ctx: PassContext, step: Factorize):
         gm, all_sites = ctx.captured.gm, ctx.captured.linear_sites()

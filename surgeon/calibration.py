@@ -11,6 +11,11 @@ activations (memory O(in^2) per layer for a Gram):
 - "heldout_gram": the Gram on the held-out batches, to report each layer's
                   output error on samples it was not calibrated on
 
+and per layer list (`request_blocks`), the hidden states at block boundaries
+h_0 (input of block 0), h_1 (output of block 0), ...: the token-mean cosine
+and angular distance arccos(cos)/pi between every pair (h_i, h_j) — what
+Block Influence (ShortGPT) and the angular distance of Gromov et al. need.
+
 Statistics describe the captured (original) graph: they are collected before
 the first pass rewrites anything.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx
@@ -43,11 +49,39 @@ class LayerStats:
 
 
 @dataclass
+class BlockStats:
+    """Pairwise similarity of hidden states at block boundaries, summed over tokens."""
+
+    cos_sum: torch.Tensor
+    angular_sum: torch.Tensor
+    tokens: int = 0
+
+    @property
+    def cos(self) -> torch.Tensor:
+        """cos[i, j]: token-mean cosine between boundary states h_i and h_j."""
+        return _symmetric(self.cos_sum) / max(self.tokens, 1)
+
+    @property
+    def angular(self) -> torch.Tensor:
+        """angular[i, j]: token-mean arccos(cos(h_i, h_j)) / pi."""
+        return _symmetric(self.angular_sum) / max(self.tokens, 1)
+
+
+def _symmetric(upper: torch.Tensor) -> torch.Tensor:
+    return upper + upper.T - torch.diag(upper.diagonal())
+
+
+@dataclass
 class CalibrationStats:
     captured: Captured
     wanted: dict[str, set[str]] = field(default_factory=dict)
     layers: dict[str, LayerStats] = field(default_factory=dict)
+    wanted_blocks: set[str] = field(default_factory=set)
+    blocks: dict[str, BlockStats] = field(default_factory=dict)
     batches_seen: int = 0
+
+    def request_blocks(self, layers: str) -> None:
+        self.wanted_blocks.add(layers)
 
     def request(self, path: str, *kinds: str) -> None:
         unknown = set(kinds) - set(KINDS)
@@ -62,17 +96,26 @@ class CalibrationStats:
         """One run over the data for everything requested and not yet collected."""
         todo = {p: k - _have(self.layers.get(p)) for p, k in self.wanted.items()}
         todo = {p: k for p, k in todo.items() if k}
-        if not todo:
+        lists = {name: _boundaries(self.captured, name)
+                 for name in sorted(self.wanted_blocks - set(self.blocks))}
+        if not todo and not lists:
             return
+        for name, nodes in lists.items():
+            zeros = torch.zeros(len(nodes), len(nodes), dtype=torch.float64)
+            self.blocks[name] = BlockStats(zeros, zeros.clone())
         sites = self.captured.linear_sites()
         nodes = {n: p for p in todo for n in sites[p].nodes}
         for p in todo:
             self.layers.setdefault(p, LayerStats())
         calib = {p: k & {"gram", "abs_mean"} for p, k in todo.items()}
         fisher = [p for p, k in todo.items() if "fisher_rows" in k]
+        outputs = {n: (name, i) for name, ns in lists.items() for i, n in enumerate(ns)}
         for batch in self.captured.data.calibration:
+            states: dict[tuple[str, int], torch.Tensor] = {}
             _record(self.captured.gm, batch, {n: p for n, p in nodes.items() if calib[p]},
-                    lambda p, x: self._add_inputs(p, x, calib[p]))
+                    lambda p, x: self._add_inputs(p, x, calib[p]), outputs, states.__setitem__)
+            for name, ns in lists.items():
+                _add_pairs(self.blocks[name], [states[(name, i)] for i in range(len(ns))])
             if fisher:
                 _fisher(self.captured, batch, {p: sites[p].weight for p in fisher}, self.layers,
                         seed=self.batches_seen)
@@ -116,25 +159,48 @@ def _tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the graph and hands each watched linear's input to a callback."""
+    """Runs the graph; hands watched linears' inputs and watched nodes' outputs to callbacks
+    as (real tokens, features) float64 matrices."""
 
-    def __init__(self, gm: fx.GraphModule, watch: dict[fx.Node, str],
-                 sink: Callable[[str, torch.Tensor], None], mask: torch.Tensor | None):
+    def __init__(self, gm: fx.GraphModule, watch: dict[fx.Node, Any], sink: Callable,
+                 watch_out: dict[fx.Node, Any], sink_out: Callable, mask: torch.Tensor | None):
         super().__init__(gm)
-        self.watch, self.sink, self.mask = watch, sink, mask
+        self.watch, self.sink, self.watch_out, self.sink_out = watch, sink, watch_out, sink_out
+        self.mask = mask
 
     def run_node(self, n: fx.Node):
         if n in self.watch:
             args, _ = self.fetch_args_kwargs_from_env(n)
             self.sink(self.watch[n], _tokens(args[0].detach(), self.mask))
-        return super().run_node(n)
+        result = super().run_node(n)
+        if n in self.watch_out:
+            self.sink_out(self.watch_out[n], _tokens(result.detach(), self.mask))
+        return result
 
 
 @torch.no_grad()
-def _record(gm: fx.GraphModule, batch: Batch, watch: dict[fx.Node, str],
-            sink: Callable[[str, torch.Tensor], None]) -> None:
-    if watch:
-        _Recorder(gm, watch, sink, batch.mask).run(*batch.inputs)
+def _record(gm: fx.GraphModule, batch: Batch, watch: dict[fx.Node, Any], sink: Callable,
+            watch_out: dict[fx.Node, Any] | None = None, sink_out: Callable | None = None) -> None:
+    if watch or watch_out:
+        _Recorder(gm, watch, sink, watch_out or {}, sink_out, batch.mask).run(*batch.inputs)
+
+
+def _boundaries(captured: Captured, layers: str) -> list[fx.Node]:
+    from surgeon.blocks import find_blocks
+
+    blocks = find_blocks(captured, layers)
+    return [blocks[0].input, *(b.output for b in blocks)]
+
+
+def _add_pairs(stats: BlockStats, states: list[torch.Tensor]) -> None:
+    """Accumulate cos and arccos(cos)/pi over tokens for every pair of boundary states."""
+    units = [torch.nn.functional.normalize(h, dim=-1) for h in states]
+    for i in range(len(units)):
+        for j in range(i, len(units)):
+            cos = (units[i] * units[j]).sum(-1).clamp(-1.0, 1.0)
+            stats.cos_sum[i, j] += cos.sum()  # upper triangle; the properties symmetrise
+            stats.angular_sum[i, j] += (torch.arccos(cos) / torch.pi).sum()
+    stats.tokens += states[0].shape[0]
 
 
 def _fisher(captured: Captured, batch: Batch, weights: dict[str, str],

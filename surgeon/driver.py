@@ -18,7 +18,9 @@ from surgeon.capture import Captured, capture, entry_point
 from surgeon.corpus import calibration_data
 from surgeon.diagnostics import PassError, UserError
 from surgeon.emit.checkpoint import save_checkpoint
+from surgeon.emit.hf import save_hf
 from surgeon.emit.onnx import export_onnx
+from surgeon.emit.report_dir import write_report
 from surgeon.progress import Advance, bar
 from surgeon.registry import PassContext, pass_for
 from surgeon.report import ArtifactReport, CompileReport, StepReport
@@ -51,7 +53,7 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
         report.verify = check(spec.checks, report.fidelity)
         for out in spec.outputs:
             advance(f"write {out.path}")
-            report.artifacts.append(emit(out, captured, spec, loaded))
+            report.artifacts.append(emit(out, captured, spec, loaded, report))
         advance("done")
     report.seconds["total"] = time.perf_counter() - t0
     return CompileResult(captured.gm, report, captured)
@@ -77,8 +79,7 @@ def collect_stats(captured: Captured, steps: tuple[Any, ...],
     for step in steps:
         p = pass_for(step)
         if hasattr(p, "requires"):
-            for path, kinds in p.requires(ctx, step).items():
-                stats.request(path, *kinds)
+            p.requires(ctx, step)
     stats.collect(progress)
     return stats
 
@@ -118,11 +119,16 @@ def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport
             advance(f"{p.name} (line {line})" if line else p.name)
 
 
-def emit(out: Any, captured: Captured, spec: ir.Spec, loaded: LoadedModel) -> ArtifactReport:
+def emit(out: Any, captured: Captured, spec: ir.Spec, loaded: LoadedModel,
+         report: CompileReport) -> ArtifactReport:
     if isinstance(out, ir.ExportOnnx):
         return export_onnx(captured, out)
     if isinstance(out, ir.Save):
         return save_checkpoint(captured, out, spec.to_text(), loaded.tokenizer)
+    if isinstance(out, ir.SaveHF):
+        return save_hf(captured, out, loaded)
+    if isinstance(out, ir.Report):
+        return write_report(report, out)
     raise TypeError(f"no emitter for {type(out).__name__}")
 
 

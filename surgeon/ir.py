@@ -28,6 +28,7 @@ from surgeon.diagnostics import UserError, hint_for
 
 EMBEDDED_MODELS = ("minilm",)
 FACTORIZE_METHODS = ("svd", "asvd", "svd_llm", "fwsvd")
+PRUNE_METHODS = ("block_influence", "angular", "last", "first")
 VERIFY_METRICS = {"cosine": ">=", "embedding_cosine": ">=", "rel_error": "<="}
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -252,8 +253,49 @@ class Factorize(Node):
         return f"factorize {_str(self.target)} {self.rank.to_text()} method {self.method}{alpha}"
 
 
-# Passes are a discriminated union as soon as there are two of them.
-Step = Factorize
+# ---------------------------------------------------------------- prune layers
+class PruneLayers(Node):
+    """Drop whole blocks of a layer list: `remove N`, `keep N` or `where influence < t`."""
+
+    kind: Literal["prune_layers"] = "prune_layers"
+    layers: str  # module path of the layer list, e.g. encoder.layer
+    mode: Literal["remove", "keep", "where"]
+    count: int | None = None
+    threshold: float | None = None
+    by: str = "block_influence"
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: str) -> str:
+        if not v or any(c in v for c in "*{}, ") or ".." in v:
+            raise ValueError(f"prune layers takes a module path (like encoder.layer), got {v!r}")
+        return v
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, v: str) -> str:
+        if v not in PRUNE_METHODS:
+            raise _unknown("layer-pruning method", v, PRUNE_METHODS)
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> PruneLayers:
+        if (self.mode == "where") != (self.threshold is not None):
+            raise ValueError("'where influence < t' needs a threshold, and only it")
+        if self.mode != "where" and (self.count is None or self.count < 0):
+            raise ValueError(f"{self.mode} takes a layer count >= 0")
+        if self.mode == "where" and self.by in ("last", "first"):
+            raise ValueError(f"'where influence < t' needs scores; '{self.by}' has none")
+        return self
+
+    def to_text(self) -> str:
+        amount = (f"where influence < {_num(self.threshold)}" if self.mode == "where"
+                  else f"{self.mode} {self.count}")
+        return f"prune layers {_str(self.layers)} {amount} by {self.by}"
+
+
+Step = Annotated[Factorize | PruneLayers, Field(discriminator="kind")]
+PASS_TYPES = (Factorize, PruneLayers)
 
 
 # ---------------------------------------------------------------- checks + artifacts
@@ -319,7 +361,28 @@ class Save(Node):
         return f"save {_str(self.path)}"
 
 
-Output = Annotated[ExportOnnx | Save, Field(discriminator="kind")]
+class SaveHF(Node):
+    """A transformers checkpoint (architecture-preserving steps only)."""
+
+    kind: Literal["save_hf"] = "save_hf"
+    path: str
+
+    def to_text(self) -> str:
+        return f"save hf {_str(self.path)}"
+
+
+class Report(Node):
+    """report.json (the --json report, without timings) and charts, in a directory."""
+
+    kind: Literal["report"] = "report"
+    path: str
+
+    def to_text(self) -> str:
+        return f"report {_str(self.path)}"
+
+
+Output = Annotated[ExportOnnx | Save | SaveHF | Report, Field(discriminator="kind")]
+OUTPUT_TYPES = (ExportOnnx, Save, SaveHF, Report)
 
 
 class Spec(Node):

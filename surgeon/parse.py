@@ -191,6 +191,27 @@ class ToIR(Transformer):
     def save(self, meta: Any, c: list[Token]) -> ir.Save:
         return _build(ir.Save, meta, {"path": c[0]}, path=_string(c[0]))
 
+    def save_hf(self, meta: Any, c: list[Token]) -> ir.SaveHF:
+        return _build(ir.SaveHF, meta, {"path": c[0]}, path=_string(c[0]))
+
+    def report(self, meta: Any, c: list[Token]) -> ir.Report:
+        return _build(ir.Report, meta, {"path": c[0]}, path=_string(c[0]))
+
+    def remove(self, meta: Any, c: list[Token]) -> dict[str, Any]:
+        return {"mode": "remove", "count": _int(c[0], "a layer count"), "_tok": c[0]}
+
+    def keep(self, meta: Any, c: list[Token]) -> dict[str, Any]:
+        return {"mode": "keep", "count": _int(c[0], "a layer count"), "_tok": c[0]}
+
+    def where(self, meta: Any, c: list[Token]) -> dict[str, Any]:
+        return {"mode": "where", "threshold": float(c[0]), "_tok": c[0]}
+
+    def prune(self, meta: Any, c: list[Any]) -> ir.PruneLayers:
+        layers, amount, by = c
+        tok = amount.pop("_tok")
+        tokens = {"layers": layers, "by": by, "count": tok, "threshold": tok}
+        return _build(ir.PruneLayers, meta, tokens, layers=_string(layers), by=str(by), **amount)
+
     def start(self, meta: Any, stmts: list[ir.Node]) -> ir.Spec:
         return _assemble(stmts)
 
@@ -209,17 +230,17 @@ def _assemble(stmts: list[ir.Node]) -> ir.Spec:
         raise _Located("only one 'calibrate' statement is allowed", calib[1].span)
     seen_final = None
     for s in stmts:
-        if isinstance(s, ir.Verify | ir.ExportOnnx | ir.Save):
+        if isinstance(s, (ir.Verify, *ir.OUTPUT_TYPES)):
             seen_final = seen_final or s
-        elif isinstance(s, ir.Factorize) and seen_final is not None:
+        elif isinstance(s, ir.PASS_TYPES) and seen_final is not None:
             raise _Located(f"'{s.kind}' comes after '{_first_word(seen_final)}': checks and "
                            "outputs are about the final model, so passes go before them", s.span)
     fields: dict[str, Any] = {
         "model": models[0],
         "inputs": tuple(s for s in stmts if isinstance(s, ir.InputSig)),
-        "steps": tuple(s for s in stmts if isinstance(s, ir.Factorize)),
+        "steps": tuple(s for s in stmts if isinstance(s, ir.PASS_TYPES)),
         "checks": tuple(s for s in stmts if isinstance(s, ir.Verify)),
-        "outputs": tuple(s for s in stmts if isinstance(s, ir.ExportOnnx | ir.Save)),
+        "outputs": tuple(s for s in stmts if isinstance(s, ir.OUTPUT_TYPES)),
     }
     _no_repeats(fields["inputs"], lambda s: s.name, "input {!r} is declared twice")
     _no_repeats(fields["outputs"], lambda s: os.path.normpath(s.path),

@@ -20,7 +20,7 @@ class LayerPlan(BaseModel):
     """What a pass will do (or did) to one layer."""
 
     path: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...] | None = None
     rank: int | None = None
     method: str | None = None
     params_before: int
@@ -30,6 +30,8 @@ class LayerPlan(BaseModel):
     predicted_loss: float | None = None  # fraction of the method's sigma^2 dropped
     heldout_rel_error: float | None = None  # ||(W - W')X^T|| / ||W X^T|| on held-out inputs
     jitter: float | None = None
+    score: float | None = None  # layer pruning: the block's influence score
+    removed: bool | None = None
     note: str | None = None
 
 
@@ -54,8 +56,8 @@ class Pass(Protocol):
 
     def run(self, ctx: PassContext, step: Any) -> PassResult: ...
 
-    # optional: def requires(self, ctx, step) -> dict[str, set[str]]
-    # calibration statistics per layer path (see surgeon.calibration.KINDS)
+    # optional: def requires(self, ctx, step) -> None
+    # registers the calibration statistics it needs on ctx.stats (request, request_blocks)
 
 
 _PASSES: dict[type, Pass] = {}

@@ -30,6 +30,7 @@ class ArtifactReport(BaseModel):
     bytes: int
     sha256: str
     ort_max_abs_diff: float | None = None
+    reload_max_abs_diff: float | None = None  # save hf: transformers reload vs compiled graph
     seconds: float
 
 
@@ -56,12 +57,15 @@ def _fmt(x: float | None, spec: str) -> str:
 def layer_table(title: str, layers: list[dict[str, Any]]) -> Table:
     """Per layer: rank, params kept, predicted loss, held-out output error, MFLOP/token."""
     t = Table(title=title, title_justify="left")
-    for col in ("layer", "shape", "method", "rank", "params", "→", "pred. loss",
+    for col in ("layer", "shape", "method", "rank", "score", "params", "→", "pred. loss",
                 "held-out err", "MFLOP/tok", "note"):
         t.add_column(col)
     for lp in layers:
-        t.add_row(lp["path"], "x".join(map(str, lp["shape"])), lp.get("method") or "-",
-                  str(lp["rank"] or "dense"), _n(lp["params_before"]), _n(lp["params_after"]),
+        shape = "x".join(map(str, lp["shape"])) if lp.get("shape") else "-"
+        rank = "removed" if lp.get("removed") else "kept" if lp.get("removed") is False \
+            else str(lp["rank"] or "dense")
+        t.add_row(lp["path"], shape, lp.get("method") or "-", rank, _fmt(lp.get("score"), ".4f"),
+                  _n(lp["params_before"]), _n(lp["params_after"]),
                   _fmt(lp.get("predicted_loss"), ".4f"), _fmt(lp.get("heldout_rel_error"), ".4f"),
                   f"{lp['flops_before'] / 1e6:.2f} → {lp['flops_after'] / 1e6:.2f}",
                   lp["note"] or "")

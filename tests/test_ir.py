@@ -199,9 +199,10 @@ def test_extra_field_in_nested_dict_is_forbidden() -> None:
 
 @pytest.mark.parametrize(("mutate", "field_path", "detail"), [
     (lambda d: d["checks"][0].update(metric="cosin"), "checks.0.metric", "cosin"),
-    (lambda d: d["steps"][2].update(bogus=1), "steps.2.bogus", "Extra inputs"),
+    (lambda d: d["steps"][2].update(bogus=1), "steps.2.factorize.bogus", "Extra inputs"),
     (lambda d: d["outputs"][0].update(opset=3), "outputs.0.export_onnx.opset", "opset 3"),
-    (lambda d: d["steps"][0]["rank"].update(percent=150), "steps.0.rank.params.percent", "150"),
+    (lambda d: d["steps"][0]["rank"].update(percent=150),
+     "steps.0.factorize.rank.params.percent", "150"),
     (lambda d: d["model"].update(source="zip"), "model.source", "embedded"),
 ])
 def test_load_yaml_with_invalid_field(tmp_path: Path, mutate: Any, field_path: str,
@@ -233,7 +234,9 @@ def test_json_schema_discriminators() -> None:
     schema = ir.Spec.model_json_schema()
     outputs = schema["properties"]["outputs"]["items"]
     assert outputs["discriminator"]["propertyName"] == "kind"
-    assert set(outputs["discriminator"]["mapping"]) == {"export_onnx", "save"}
+    assert set(outputs["discriminator"]["mapping"]) == {"export_onnx", "save", "save_hf", "report"}
+    steps = schema["properties"]["steps"]["items"]
+    assert set(steps["discriminator"]["mapping"]) == {"factorize", "prune_layers"}
     rank = schema["$defs"]["Factorize"]["properties"]["rank"]
     assert rank["discriminator"]["propertyName"] == "kind"
     assert set(rank["discriminator"]["mapping"]) == {"rank", "params", "energy", "budget"}

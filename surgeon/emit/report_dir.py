@@ -1,0 +1,53 @@
+"""`report "dir"`: report.json (the --json report without timings, so the same
+spec and seed give the same bytes) and a bar chart of the block scores of each
+`prune layers` step."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+
+from surgeon import atomic, ir
+from surgeon.report import ArtifactReport, CompileReport, StepReport
+
+_NO_TIMES = {"seconds": True, "steps": {"__all__": {"seconds"}},
+             "artifacts": {"__all__": {"seconds"}}}
+
+
+def score_chart(step: StepReport) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = [lp.path.rsplit(".", 1)[-1] for lp in step.layers]
+    scores = [lp.score or 0.0 for lp in step.layers]
+    colors = ["#d62728" if lp.removed else "#1f77b4" for lp in step.layers]
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.2), dpi=100)
+    ax.bar(names, scores, color=colors)
+    method = step.layers[0].method if step.layers else ""
+    ax.set_title(f"line {step.line}: {method} scores (red: removed)")
+    ax.set_xlabel(step.layers[0].path.rsplit(".", 1)[0] if step.layers else "layer")
+    ax.set_ylabel("block influence" if method != "angular" else "angular distance")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version: stable bytes
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(report: CompileReport, out: ir.Report) -> ArtifactReport:
+    t0 = time.perf_counter()
+    data = json.dumps(report.model_dump(mode="json", exclude=_NO_TIMES), indent=2, sort_keys=True)
+    with atomic.staged_dir(out.path) as d:
+        (d / "report.json").write_text(data + "\n")
+        for step in report.steps:
+            if step.kind == "prune_layers":
+                (d / f"line{step.line or 0}_prune_layers.png").write_bytes(score_chart(step))
+        files = sorted(p for p in d.iterdir() if p.is_file())
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+        size = sum(p.stat().st_size for p in files)
+    return ArtifactReport(kind="report", path=out.path, bytes=size, sha256=digest,
+                          seconds=time.perf_counter() - t0)
