@@ -28,7 +28,8 @@ class Block:
     output: fx.Node
 
     def params(self, gm: fx.GraphModule) -> int:
-        targets = {n.target for n in self.nodes if n.op == "get_attr"}
+        # get_attr nodes carry no module stack, so they are the block's inputs, not members
+        targets = {a.target for n in self.nodes for a in n.all_input_nodes if a.op == "get_attr"}
         return sum(gm.get_parameter(t).numel() for t in targets if _is_param(gm, t))
 
 

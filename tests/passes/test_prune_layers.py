@@ -107,6 +107,15 @@ def test_remove_zero_is_the_identity(minilm) -> None:
     assert result.report.fidelity["rel_error"] == 0.0
 
 
+def test_plan_predicts_the_pruned_parameter_count(minilm) -> None:
+    spec = ('model "minilm"\ncalibrate text builtin samples 8\n'
+            'prune layers "encoder.layer" remove 2 by first\n')
+    planned = surgeon.plan(spec)
+    block = sum(p.numel() for p in minilm.module.encoder.layer[0].parameters())
+    assert planned["params_before"] - planned["params_after"] == 2 * block
+    assert planned["params_after"] == surgeon.compile(spec).report.params_after
+
+
 def test_removing_more_layers_than_exist_fails_at_plan_time() -> None:
     with pytest.raises(UserError, match="remove 7 of 6 layers is impossible"):
         surgeon.plan('model "minilm"\nprune layers "encoder.layer" remove 7 by last\n')
