@@ -76,6 +76,10 @@ class PruneLayersPass:
         blocks = find_blocks(ctx.captured, step.layers)
         if ctx.stats is None or step.layers not in ctx.stats.blocks:
             raise ValueError("prune layers needs block statistics (requires() was not run)")
+        if len(blocks) != ctx.stats.blocks[step.layers].cos.shape[0] - 1:
+            raise UserError(f"prune layers {step.layers!r} again: its scores describe the "
+                            "original model, whose blocks an earlier step already removed",
+                            "prune a layer list in one statement (remove the total count)")
         removed, scores = select(step, ctx.stats.blocks[step.layers], len(blocks))
         if len(removed) >= len(blocks):
             raise UserError(f"prune layers {step.layers!r}: every layer scores below the "

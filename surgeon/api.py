@@ -87,7 +87,9 @@ def apply(model: nn.Module, steps: Sequence[Any], *,
     report = CompileReport(params_before=captured.num_params(), params_after=captured.num_params())
     run_passes(captured, tuple(steps), report, stats=collect_stats(captured, tuple(steps)))
     report.fidelity = fidelity(entry, captured.gm, data.heldout)
-    return CompileResult(captured.gm, report, captured)
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    loaded = LoadedModel(model, tokenizer, None, max_pos)
+    return CompileResult(captured.gm, report, captured, None, loaded)
 
 
 def load(path: str | Path) -> nn.Module:

@@ -111,6 +111,12 @@ def capture(entry: nn.Module, data: CalibrationData, prefix: str, output_name: s
         raise UserError(f"torch.export could not capture the model: {first}",
                         "the model must export with torch.export.export(strict=False)") from None
     gm = ep.module()
+    # ExportedProgram.module() makes train()/eval() raise because the exported ops
+    # (dropout) are fixed in eval mode. Only modules surgeon inserts (adapters) follow
+    # the mode, so nn.Module's methods are restored and the graph starts in eval.
+    for name in ("train", "eval"):
+        gm.__dict__.pop(name, None)
+    gm.eval()
     from surgeon.rewrite import finish  # rewrite imports capture's constants
 
     # Drop what the exported output does not depend on (BERT's pooler when the entry

@@ -40,6 +40,7 @@ class CalibrationData:
     example: tuple[torch.Tensor, ...]  # what torch.export traces with
     dims: dict[str, tuple[int, int | None]]  # dynamic dim name -> (min, max)
     dim_names: tuple[tuple[str | None, ...], ...]  # per input, per axis
+    seed: int = 0  # the spec's calibrate seed; passes that draw random numbers start from it
 
 
 def builtin_lines() -> list[str]:
@@ -89,6 +90,7 @@ def text_data(tokenizer: Any, cal: ir.Calibrate, max_positions: int | None) -> C
         example=(example["input_ids"][:2], example["attention_mask"][:2]),
         dims={"batch": (1, None), "seq": (2, max_positions)},
         dim_names=(("batch", "seq"), ("batch", "seq")),
+        seed=cal.seed,
     )
 
 
@@ -125,6 +127,7 @@ def random_data(sigs: tuple[ir.InputSig, ...], cal: ir.Calibrate) -> Calibration
         example=_random_batch(sigs, 2, min(cal.seqlen, 16), torch.Generator().manual_seed(0)),
         dims={d: (1 if d == "batch" else 2, None) for d in named},
         dim_names=tuple(tuple(d if isinstance(d, str) else None for d in s.shape) for s in sigs),
+        seed=cal.seed,
     )
 
 

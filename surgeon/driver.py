@@ -20,6 +20,7 @@ from surgeon.diagnostics import PassError, UserError
 from surgeon.emit.checkpoint import save_checkpoint
 from surgeon.emit.hf import save_hf
 from surgeon.emit.onnx import export_onnx
+from surgeon.emit.peft import save_adapters
 from surgeon.emit.report_dir import write_report
 from surgeon.progress import Advance, bar
 from surgeon.registry import PassContext, pass_for
@@ -33,6 +34,21 @@ class CompileResult:
     module: fx.GraphModule
     report: CompileReport
     captured: Captured
+    spec: ir.Spec | None = None
+    loaded: LoadedModel | None = None
+
+    def apply(self, steps: Any) -> CompileResult:
+        """More IR steps on the compiled graph (e.g. `fold` after fine-tuning adapters)."""
+        steps = tuple(steps)
+        run_passes(self.captured, steps, self.report, stats=collect_stats(self.captured, steps))
+        return self
+
+    def write(self, outputs: Any) -> list[ArtifactReport]:
+        """Write artifacts (ExportOnnx, Save, SaveHF, SaveAdapters, Report) of the graph now."""
+        spec = self.spec or ir.Spec(model=ir.ModelSource(source="python", ref="api:model"))
+        written = [emit(o, self.captured, spec, self.loaded, self.report) for o in outputs]
+        self.report.artifacts += written
+        return written
 
 
 def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code: bool = False,
@@ -56,7 +72,7 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
             report.artifacts.append(emit(out, captured, spec, loaded, report))
         advance("done")
     report.seconds["total"] = time.perf_counter() - t0
-    return CompileResult(captured.gm, report, captured)
+    return CompileResult(captured.gm, report, captured, spec, loaded)
 
 
 def capture_spec(spec: ir.Spec, loaded: LoadedModel) -> tuple[nn.Module, Captured]:
@@ -127,6 +143,8 @@ def emit(out: Any, captured: Captured, spec: ir.Spec, loaded: LoadedModel,
         return save_checkpoint(captured, out, spec.to_text(), loaded.tokenizer)
     if isinstance(out, ir.SaveHF):
         return save_hf(captured, out, loaded)
+    if isinstance(out, ir.SaveAdapters):
+        return save_adapters(captured, out)
     if isinstance(out, ir.Report):
         return write_report(report, out)
     raise TypeError(f"no emitter for {type(out).__name__}")

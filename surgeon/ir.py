@@ -29,6 +29,8 @@ from surgeon.diagnostics import UserError, hint_for
 EMBEDDED_MODELS = ("minilm",)
 FACTORIZE_METHODS = ("svd", "asvd", "svd_llm", "fwsvd")
 PRUNE_METHODS = ("block_influence", "angular", "last", "first")
+ADAPTER_METHODS = ("lora",)
+ADAPTER_INITS = ("zero", "gaussian", "pissa")
 VERIFY_METRICS = {"cosine": ">=", "embedding_cosine": ">=", "rel_error": "<="}
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 MIN_OPSET, MAX_OPSET = 18, 23
@@ -294,8 +296,77 @@ class PruneLayers(Node):
         return f"prune layers {_str(self.layers)} {amount} by {self.by}"
 
 
-Step = Annotated[Factorize | PruneLayers, Field(discriminator="kind")]
-PASS_TYPES = (Factorize, PruneLayers)
+# ---------------------------------------------------------------- adapters
+class Adapter(Node):
+    """Insert a trainable low-rank adapter beside each matched linear (base frozen)."""
+
+    kind: Literal["adapter"] = "adapter"
+    method: str = "lora"
+    target: str
+    rank: int
+    alpha: float
+    dropout: float = 0.0
+    init: str = "zero"
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in ADAPTER_METHODS:
+            raise _unknown("adapter method", v, ADAPTER_METHODS)
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from surgeon.targets import check_glob
+
+        check_glob(v)
+        return v
+
+    @field_validator("rank")
+    @classmethod
+    def _rank(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"rank must be >= 1, got {v}")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"alpha must be a positive number, got {v}")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {_num(v)}")
+        return v
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v: str) -> str:
+        if v not in ADAPTER_INITS:
+            raise _unknown("adapter init", v, ADAPTER_INITS)
+        return v
+
+    def to_text(self) -> str:
+        return (f"adapter {self.method} {_str(self.target)} rank {self.rank} "
+                f"alpha {_num(self.alpha)} dropout {_num(self.dropout)} init {self.init}")
+
+
+class Fold(Node):
+    """Merge every adapter into its base weight exactly (W + alpha/r * B A)."""
+
+    kind: Literal["fold"] = "fold"
+
+    def to_text(self) -> str:
+        return "fold"
+
+
+Step = Annotated[Factorize | PruneLayers | Adapter | Fold, Field(discriminator="kind")]
+PASS_TYPES = (Factorize, PruneLayers, Adapter, Fold)
 
 
 # ---------------------------------------------------------------- checks + artifacts
@@ -381,8 +452,19 @@ class Report(Node):
         return f"report {_str(self.path)}"
 
 
-Output = Annotated[ExportOnnx | Save | SaveHF | Report, Field(discriminator="kind")]
-OUTPUT_TYPES = (ExportOnnx, Save, SaveHF, Report)
+class SaveAdapters(Node):
+    """PEFT-format adapter files (adapter_config.json + adapter_model.safetensors)."""
+
+    kind: Literal["save_adapters"] = "save_adapters"
+    path: str
+
+    def to_text(self) -> str:
+        return f"save adapters {_str(self.path)}"
+
+
+Output = Annotated[ExportOnnx | Save | SaveHF | SaveAdapters | Report,
+                   Field(discriminator="kind")]
+OUTPUT_TYPES = (ExportOnnx, Save, SaveHF, SaveAdapters, Report)
 
 
 class Spec(Node):

@@ -27,7 +27,9 @@ _PLACEHOLDERS = {"STRING": "a quoted string", "NUMBER": "a number", "NAME": "a n
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     grammar = files("surgeon.grammar").joinpath("surgery.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", strict=True, propagate_positions=True,
+    # basic lexer: a word is lexed whole and only then recognised as a keyword, so
+    # "prunes" is reported as an unknown word rather than split into "prune" + "s"
+    return Lark(grammar, parser="lalr", lexer="basic", strict=True, propagate_positions=True,
                 maybe_placeholders=False)
 
 
@@ -190,6 +192,29 @@ class ToIR(Transformer):
 
     def save(self, meta: Any, c: list[Token]) -> ir.Save:
         return _build(ir.Save, meta, {"path": c[0]}, path=_string(c[0]))
+
+    def save_adapters(self, meta: Any, c: list[Token]) -> ir.SaveAdapters:
+        return _build(ir.SaveAdapters, meta, {"path": c[0]}, path=_string(c[0]))
+
+    def dropout(self, meta: Any, c: list[Token]) -> tuple[str, float, Token]:
+        return ("dropout", float(c[0]), c[0])
+
+    def init(self, meta: Any, c: list[Token]) -> tuple[str, str, Token]:
+        return ("init", str(c[0]), c[0])
+
+    def adapter(self, meta: Any, c: list[Any]) -> ir.Adapter:
+        method, target, rank, alpha, *opts = c
+        fields: dict[str, Any] = {"method": str(method), "target": _string(target),
+                                  "rank": _int(rank, "rank"), "alpha": float(alpha)}
+        tokens = {"method": method, "target": target, "rank": rank, "alpha": alpha}
+        for key, value, tok in opts:
+            if key in tokens:
+                raise _Located(f"'{key}' given twice", tok)
+            fields[key], tokens[key] = value, tok
+        return _build(ir.Adapter, meta, tokens, **fields)
+
+    def fold(self, meta: Any, c: list[Token]) -> ir.Fold:
+        return ir.Fold(span=_span(meta))
 
     def save_hf(self, meta: Any, c: list[Token]) -> ir.SaveHF:
         return _build(ir.SaveHF, meta, {"path": c[0]}, path=_string(c[0]))

@@ -44,9 +44,10 @@ def drop_unused_params(gm: fx.GraphModule) -> int:
         if n.op == "get_attr" and not n.users:
             g.erase_node(n)
     used = {n.target for n in g.nodes if n.op == "get_attr"}
+    called = tuple(f"{n.target}." for n in g.nodes if n.op == "call_module")
     freed = 0
     for name, p in list(gm.named_parameters(remove_duplicate=False)):
-        if name not in used:
+        if name not in used and not name.startswith(called):
             owner_name, _, attr = name.rpartition(".")
             owner = gm.get_submodule(owner_name) if owner_name else gm
             if attr in owner._parameters:

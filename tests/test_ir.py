@@ -234,9 +234,11 @@ def test_json_schema_discriminators() -> None:
     schema = ir.Spec.model_json_schema()
     outputs = schema["properties"]["outputs"]["items"]
     assert outputs["discriminator"]["propertyName"] == "kind"
-    assert set(outputs["discriminator"]["mapping"]) == {"export_onnx", "save", "save_hf", "report"}
+    assert set(outputs["discriminator"]["mapping"]) == {"export_onnx", "save", "save_hf",
+                                                       "save_adapters", "report"}
     steps = schema["properties"]["steps"]["items"]
-    assert set(steps["discriminator"]["mapping"]) == {"factorize", "prune_layers"}
+    assert set(steps["discriminator"]["mapping"]) == {"factorize", "prune_layers", "adapter",
+                                                       "fold"}
     rank = schema["$defs"]["Factorize"]["properties"]["rank"]
     assert rank["discriminator"]["propertyName"] == "kind"
     assert set(rank["discriminator"]["mapping"]) == {"rank", "params", "energy", "budget"}

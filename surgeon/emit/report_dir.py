@@ -43,9 +43,10 @@ def write_report(report: CompileReport, out: ir.Report) -> ArtifactReport:
     data = json.dumps(report.model_dump(mode="json", exclude=_NO_TIMES), indent=2, sort_keys=True)
     with atomic.staged_dir(out.path) as d:
         (d / "report.json").write_text(data + "\n")
-        for step in report.steps:
-            if step.kind == "prune_layers":
-                (d / f"line{step.line or 0}_prune_layers.png").write_bytes(score_chart(step))
+        for i, step in enumerate(report.steps, 1):
+            if step.kind == "prune_layers":  # YAML specs have no lines: number by step
+                name = f"line{step.line}" if step.line else f"step{i}"
+                (d / f"{name}_prune_layers.png").write_bytes(score_chart(step))
         files = sorted(p for p in d.iterdir() if p.is_file())
         digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
         size = sum(p.stat().st_size for p in files)

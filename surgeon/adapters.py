@@ -1,0 +1,60 @@
+"""The low-rank adapter module that `adapter` inserts beside a linear.
+
+delta(x) = scaling * B(A(dropout(x))), scaling = alpha / r, so the adapted layer
+computes linear(x, W, b) + delta(x). It is a submodule (not inlined ops) so that
+dropout follows .train()/.eval() and PEFT's names map one to one: <path>.lora_A,
+<path>.lora_B.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import fx, nn
+
+ADAPTER_META = "surgeon_adapter"  # on the add node: {"module": ..., "weight": ..., "init": ...}
+
+
+class LoraAdapter(nn.Module):
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
+                 dropout: float):
+        super().__init__()
+        self.lora_A = nn.Linear(in_features, rank, bias=False)
+        self.lora_B = nn.Linear(rank, out_features, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scaling * (self.lora_B.weight @ self.lora_A.weight)
+
+
+def init_lora(adapter: LoraAdapter, init: str, weight: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor | None:
+    """Initialise A and B; returns the new base weight (PiSSA's residual) or None."""
+    with torch.no_grad():
+        if init == "pissa":  # principal r singular triplets, split over A and B as PEFT does
+            u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+            root = (s[: adapter.rank] / adapter.scaling).sqrt()
+            adapter.lora_A.weight.copy_((root[:, None] * vh[: adapter.rank]).to(weight.dtype))
+            adapter.lora_B.weight.copy_((u[:, : adapter.rank] * root[None, :]).to(weight.dtype))
+            # kept (not saved with the model) to express the trained adapter on the
+            # ORIGINAL base later: W_res + s B A = W + s (B A - B0 A0)
+            adapter.register_buffer("init_A", adapter.lora_A.weight.detach().clone(), False)
+            adapter.register_buffer("init_B", adapter.lora_B.weight.detach().clone(), False)
+            return (weight.double() - adapter.delta_weight().double()).to(weight.dtype)
+        fan_in = adapter.lora_A.weight.shape[1]
+        if init == "gaussian":
+            adapter.lora_A.weight.normal_(0.0, 1.0 / adapter.rank, generator=generator)
+        else:  # LoRA's default: kaiming-uniform A (a = sqrt(5)), as nn.Linear and PEFT
+            bound = 1.0 / math.sqrt(fan_in)
+            adapter.lora_A.weight.uniform_(-bound, bound, generator=generator)
+        adapter.lora_B.weight.zero_()  # B = 0: inserting the adapter changes no output
+    return None
+
+
+def adapter_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if ADAPTER_META in n.meta]

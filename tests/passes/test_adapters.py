@@ -1,0 +1,121 @@
+"""Adapters: function-preserving insertion (LoRA, PiSSA), PiSSA against PEFT's
+own initialisation, training with a plain optimizer, exact folding, and PEFT
+files that PeftModel loads onto the original base with identical outputs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+import surgeon
+from surgeon.ir import Adapter, ExportOnnx, Fold, SaveAdapters
+
+peft = pytest.importorskip("peft")
+
+TARGET = "encoder.layer.*.attention.self.{query,value}"
+
+
+def _adapted(minilm, init: str, dropout: float = 0.0):
+    step = Adapter(target=TARGET, rank=4, alpha=8, dropout=dropout, init=init)
+    return surgeon.apply(minilm.module, [step], tokenizer=minilm.tokenizer)
+
+
+def _outputs(module, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return module(*batch.inputs)
+
+
+def _reference(minilm, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return minilm.module(input_ids=batch.inputs[0],
+                             attention_mask=batch.inputs[1]).last_hidden_state
+
+
+@pytest.mark.parametrize("init", ["zero", "gaussian", "pissa"])
+def test_insertion_preserves_the_function(minilm, init: str) -> None:
+    result = _adapted(minilm, init, dropout=0.1)  # eval mode: dropout off
+    for batch in result.captured.data.heldout:
+        ref = _reference(minilm, batch)
+        rel = float((_outputs(result.module, batch) - ref).norm() / ref.norm())
+        assert rel <= 1e-5, init
+    trainable = {n for n, p in result.module.named_parameters() if p.requires_grad}
+    assert len(trainable) == 24 and all(".adapter.lora_" in n for n in trainable)
+
+
+def test_pissa_matches_peft_initialisation(minilm) -> None:
+    result = _adapted(minilm, "pissa")
+    base = copy.deepcopy(minilm.module)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                             init_lora_weights="pissa")
+    theirs = peft.get_peft_model(base, config)
+    path = "encoder.layer.3.attention.self.query"
+    ours = result.module.get_submodule(f"model.{path}.adapter")
+    layer = theirs.base_model.model.get_submodule(path)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    signs = torch.sign((ours.lora_A.weight * a).sum(1))  # singular vectors: up to sign
+    # PEFT takes the SVD in float32, we in float64: agreement to float32 SVD accuracy
+    torch.testing.assert_close(ours.lora_A.weight, signs[:, None] * a, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(ours.lora_B.weight, b * signs[None, :], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(result.module.get_parameter(f"model.{path}.weight"),
+                               layer.base_layer.weight, atol=1e-4, rtol=1e-3)
+
+
+def _train(result, steps: int = 5) -> list[float]:
+    module = result.module
+    params = [p for p in module.parameters() if p.requires_grad]
+    frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    batch = result.captured.data.calibration[0]
+    target = torch.randn(_outputs(module, batch).shape, generator=torch.Generator().manual_seed(0))
+    module.train()
+    losses = []
+    for _ in range(steps):
+        loss = (module(*batch.inputs) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    module.eval()
+    for n, p in module.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"base weight {n} moved"
+    return losses
+
+
+@pytest.mark.parametrize("init", ["zero", "pissa"])
+def test_peft_loads_our_trained_adapters_onto_the_original_base(minilm, init: str,
+                                                               tmp_path: Path) -> None:
+    result = _adapted(minilm, init, dropout=0.05)
+    losses = _train(result)
+    assert losses[-1] < losses[0]
+    result.write([SaveAdapters(path=str(tmp_path / "ad"))])
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(minilm.module), tmp_path / "ad").eval()
+    batch = result.captured.data.heldout[0]
+    with torch.no_grad():
+        theirs = model(input_ids=batch.inputs[0], attention_mask=batch.inputs[1]).last_hidden_state
+    ours = _outputs(result.module, batch)
+    assert float((ours - theirs).abs().max()) <= 1e-4
+    assert float((ours - _reference(minilm, batch)).abs().max()) > 1e-3  # training did something
+
+
+def test_fold_is_exact_and_exports_like_the_unfolded_graph(minilm, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    result = _adapted(minilm, "gaussian")
+    _train(result, steps=3)
+    batch = result.captured.data.heldout[0]
+    unfolded = _outputs(result.module, batch)
+    result.write([ExportOnnx(path=str(tmp_path / "unfolded.onnx"))])
+    result.apply([Fold()])
+    assert not any(".adapter." in n for n, _ in result.module.named_parameters())
+    folded = _outputs(result.module, batch)
+    torch.testing.assert_close(folded, unfolded, atol=1e-5, rtol=1e-5)
+    result.write([ExportOnnx(path=str(tmp_path / "folded.onnx"))])
+    feeds = {"input_ids": batch.inputs[0].numpy(), "attention_mask": batch.inputs[1].numpy()}
+    outs = [ort.InferenceSession(str(tmp_path / f"{k}.onnx")).run(None, feeds)[0]
+            for k in ("unfolded", "folded")]
+    assert abs(outs[0] - outs[1]).max() <= 1e-4
+    assert abs(outs[1] - unfolded.numpy()).max() <= 1e-4
