@@ -3,4 +3,4 @@
 Importing this package registers every pass; each import below is one pass.
 """
 
-from surgeon.passes import adapter, factorize, fold, prune_layers  # noqa: F401
+from surgeon.passes import adapter, adapter_load, factorize, fold, prune_layers  # noqa: F401

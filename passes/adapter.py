@@ -47,7 +47,6 @@ class AdapterPass:
             p.requires_grad_(False)  # base frozen; adapters below are the trainable part
         for plan in plans:
             site = sites[plan.path]
-            owner = site.weight.removesuffix(".weight")
             adapter = LoraAdapter(site.in_features, site.out_features, step.rank, step.alpha,
                                   step.dropout)
             weight = gm.get_parameter(site.weight).detach()
@@ -55,15 +54,21 @@ class AdapterPass:
             if residual is not None:
                 set_param(gm, site.weight, residual)
                 gm.get_parameter(site.weight).requires_grad_(False)
-            adapter.train(gm.training)  # a new module starts in train mode; follow the graph
-            gm.get_submodule(owner).add_module("adapter", adapter)
-            for node in site.nodes:
-                _attach(gm, node, f"{owner}.adapter", site.weight, step)
+            install(gm, site, adapter, step.init)
         finish(gm)
         return PassResult(modified=bool(plans), layers=plans)
 
 
-def _attach(gm, node, module: str, weight: str, step: Adapter) -> None:
+def install(gm, site, adapter: LoraAdapter, init: str) -> None:
+    """Register the adapter under the linear's module and add its output to every use."""
+    owner = site.weight.removesuffix(".weight")
+    adapter.train(gm.training)  # a new module starts in train mode; follow the graph
+    gm.get_submodule(owner).add_module("adapter", adapter)
+    for node in site.nodes:
+        _attach(gm, node, f"{owner}.adapter", site.weight, adapter, init)
+
+
+def _attach(gm, node, module: str, weight: str, adapter: LoraAdapter, init: str) -> None:
     g = gm.graph
     with g.inserting_after(node):
         delta = g.call_module(module, (node.args[0],))
@@ -72,5 +77,5 @@ def _attach(gm, node, module: str, weight: str, step: Adapter) -> None:
     node.replace_all_uses_with(total, delete_user_cb=lambda u: u is not total)
     for new in (delta, total):
         new.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
-    total.meta[ADAPTER_META] = {"module": module, "weight": weight, "init": step.init,
-                                "alpha": step.alpha, "rank": step.rank}
+    total.meta[ADAPTER_META] = {"module": module, "weight": weight, "init": init,
+                                "alpha": adapter.alpha, "rank": adapter.rank}

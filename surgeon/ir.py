@@ -356,6 +356,16 @@ class Adapter(Node):
                 f"alpha {_num(self.alpha)} dropout {_num(self.dropout)} init {self.init}")
 
 
+class AdapterLoad(Node):
+    """Insert the LoRA adapters of a PEFT directory (adapter_config.json + safetensors)."""
+
+    kind: Literal["adapter_load"] = "adapter_load"
+    path: str
+
+    def to_text(self) -> str:
+        return f"adapter load {_str(self.path)}"
+
+
 class Fold(Node):
     """Merge every adapter into its base weight exactly (W + alpha/r * B A)."""
 
@@ -365,8 +375,9 @@ class Fold(Node):
         return "fold"
 
 
-Step = Annotated[Factorize | PruneLayers | Adapter | Fold, Field(discriminator="kind")]
-PASS_TYPES = (Factorize, PruneLayers, Adapter, Fold)
+Step = Annotated[Factorize | PruneLayers | Adapter | AdapterLoad | Fold,
+                 Field(discriminator="kind")]
+PASS_TYPES = (Factorize, PruneLayers, Adapter, AdapterLoad, Fold)
 
 
 # ---------------------------------------------------------------- checks + artifacts

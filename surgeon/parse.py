@@ -213,6 +213,9 @@ class ToIR(Transformer):
             fields[key], tokens[key] = value, tok
         return _build(ir.Adapter, meta, tokens, **fields)
 
+    def adapter_load(self, meta: Any, c: list[Token]) -> ir.AdapterLoad:
+        return _build(ir.AdapterLoad, meta, {"path": c[0]}, path=_string(c[0]))
+
     def fold(self, meta: Any, c: list[Token]) -> ir.Fold:
         return ir.Fold(span=_span(meta))
 

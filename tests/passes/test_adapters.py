@@ -77,7 +77,7 @@ def _train(result, steps: int = 5) -> list[float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     module.eval()
     for n, p in module.named_parameters():
         if n in frozen:
@@ -119,3 +119,36 @@ def test_fold_is_exact_and_exports_like_the_unfolded_graph(minilm, tmp_path: Pat
             for k in ("unfolded", "folded")]
     assert abs(outs[0] - outs[1]).max() <= 1e-4
     assert abs(outs[1] - unfolded.numpy()).max() <= 1e-4
+
+
+def test_peft_adapters_load_here_with_identical_outputs(minilm, tmp_path: Path) -> None:
+    base = copy.deepcopy(minilm.module)
+    config = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["query", "value"],
+                             init_lora_weights="gaussian")
+    theirs = peft.get_peft_model(base, config)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)  # as if trained: B != 0
+    theirs.save_pretrained(tmp_path / "peft")
+    result = surgeon.compile(f'model "minilm"\ncalibrate text builtin samples 8\n'
+                             f'adapter load "{tmp_path / "peft"}"\n')
+    assert len(result.report.steps[0].targets) == 12
+    theirs.eval()
+    for batch in result.captured.data.heldout:
+        with torch.no_grad():
+            want = theirs(input_ids=batch.inputs[0], attention_mask=batch.inputs[1])
+        torch.testing.assert_close(_outputs(result.module, batch), want.last_hidden_state,
+                                   atol=1e-5, rtol=1e-5)
+    assert float((_outputs(result.module, batch) - _reference(minilm, batch)).abs().max()) > 1e-3
+
+
+def test_unsupported_peft_options_are_refused(minilm, tmp_path: Path) -> None:
+    from surgeon.diagnostics import UserError
+
+    base = copy.deepcopy(minilm.module)
+    dora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["query"], use_dora=True))
+    dora.save_pretrained(tmp_path / "dora")
+    with pytest.raises(UserError, match="use_dora"):
+        surgeon.plan(f'model "minilm"\nadapter load "{tmp_path / "dora"}"\n')
