@@ -117,12 +117,30 @@ def capture(entry: nn.Module, data: CalibrationData, prefix: str, output_name: s
     for name in ("train", "eval"):
         gm.__dict__.pop(name, None)
     gm.eval()
+    _own_parameters(gm)
     from surgeon.rewrite import finish  # rewrite imports capture's constants
 
     # Drop what the exported output does not depend on (BERT's pooler when the entry
     # returns last_hidden_state) now, so no pass is credited with removing it.
     finish(gm)
     return Captured(gm, data, prefix, output_name)
+
+
+def _own_parameters(gm: fx.GraphModule) -> None:
+    """Give the graph its own Parameter objects (same storage, no copy).
+
+    ExportedProgram.module() reuses the input model's Parameters, so a pass that
+    freezes base weights (adapters) would freeze the caller's model as well. Passes
+    never write weights in place (they register new tensors), so sharing storage
+    is safe; tied weights stay tied.
+    """
+    fresh: dict[int, nn.Parameter] = {}
+    for name, p in list(gm.named_parameters(remove_duplicate=False)):
+        owner_name, _, attr = name.rpartition(".")
+        owner = gm.get_submodule(owner_name) if owner_name else gm
+        if id(p) not in fresh:
+            fresh[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        owner._parameters[attr] = fresh[id(p)]
 
 
 def module_path(node: fx.Node, prefix: str = "") -> str | None:

@@ -152,3 +152,12 @@ def test_unsupported_peft_options_are_refused(minilm, tmp_path: Path) -> None:
     dora.save_pretrained(tmp_path / "dora")
     with pytest.raises(UserError, match="use_dora"):
         surgeon.plan(f'model "minilm"\nadapter load "{tmp_path / "dora"}"\n')
+
+
+def test_compiling_leaves_the_callers_model_untouched(minilm) -> None:
+    before = {n: (p.requires_grad, p.detach().clone()) for n, p in minilm.module.named_parameters()}
+    result = _adapted(minilm, "pissa")
+    _train(result, steps=2)
+    for n, p in minilm.module.named_parameters():
+        assert p.requires_grad == before[n][0], n
+        assert torch.equal(p, before[n][1]), n
