@@ -25,6 +25,11 @@ from surgeon.rewrite import finish, set_param
 class AdapterPass:
     name = "adapter"
 
+    def requires(self, ctx: PassContext, step: Adapter) -> None:
+        if step.init == "eva":  # input covariance = centred Gram
+            for path in targets.resolve(step.target, ctx.captured.linear_sites()):
+                ctx.stats.request(path, "gram", "mean")
+
     def plan(self, ctx: PassContext, step: Adapter) -> list[LayerPlan]:
         sites = ctx.captured.linear_sites()
         plans = []
@@ -50,7 +55,8 @@ class AdapterPass:
             adapter = LoraAdapter(site.in_features, site.out_features, step.rank, step.alpha,
                                   step.dropout)
             weight = gm.get_parameter(site.weight).detach()
-            residual = init_lora(adapter, step.init, weight, generator)
+            cov = ctx.stats.layers[site.path].covariance() if step.init == "eva" else None
+            residual = init_lora(adapter, step.init, weight, generator, cov)
             if residual is not None:
                 set_param(gm, site.weight, residual)
                 gm.get_parameter(site.weight).requires_grad_(False)

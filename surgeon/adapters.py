@@ -1,5 +1,10 @@
 """The low-rank adapter module that `adapter` inserts beside a linear.
 
+Inits: zero (LoRA: kaiming-uniform A, B = 0), gaussian (A ~ N(0, 1/r), B = 0),
+pissa (principal singular triplets of W, residual base; Meng et al., 2024),
+eva (A = top-r principal components of the layer's calibration inputs, B = 0;
+Paischer et al., 2024, "One Initialization to Rule them All").
+
 delta(x) = scaling * B(A(dropout(x))), scaling = alpha / r, so the adapted layer
 computes linear(x, W, b) + delta(x). It is a submodule (not inlined ops) so that
 dropout follows .train()/.eval() and PEFT's names map one to one: <path>.lora_A,
@@ -33,9 +38,18 @@ class LoraAdapter(nn.Module):
 
 
 def init_lora(adapter: LoraAdapter, init: str, weight: torch.Tensor,
-              generator: torch.Generator) -> torch.Tensor | None:
+              generator: torch.Generator, covariance: torch.Tensor | None = None
+              ) -> torch.Tensor | None:
     """Initialise A and B; returns the new base weight (PiSSA's residual) or None."""
     with torch.no_grad():
+        if init == "eva":  # A: top-r principal directions of the layer's inputs; B = 0
+            if covariance is None:
+                raise ValueError("EVA needs the input covariance from calibration")
+            _, vectors = torch.linalg.eigh(covariance.double())  # ascending eigenvalues
+            top = vectors[:, -adapter.rank:].flip(1).T
+            adapter.lora_A.weight.copy_(top.to(weight.dtype))
+            adapter.lora_B.weight.zero_()
+            return None
         if init == "pissa":  # principal r singular triplets, split over A and B as PEFT does
             u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
             root = (s[: adapter.rank] / adapter.scaling).sqrt()

@@ -6,6 +6,7 @@ activations (memory O(in^2) per layer for a Gram):
 
 - "gram":         sum of x x^T over real tokens of the layer's input (float64)
 - "abs_mean":     mean |x| per input channel (ASVD's activation scale)
+- "mean":         mean x per input channel (to centre the Gram into a covariance: EVA)
 - "fisher_rows":  per output row, the summed squared gradient of the weight
                   (FWSVD's importance), see `fisher` below
 - "heldout_gram": the Gram on the held-out batches, to report each layer's
@@ -32,13 +33,14 @@ from torch import fx
 from surgeon.capture import Captured
 from surgeon.corpus import Batch
 
-KINDS = ("gram", "abs_mean", "fisher_rows", "heldout_gram")
+KINDS = ("gram", "abs_mean", "mean", "fisher_rows", "heldout_gram")
 
 
 @dataclass
 class LayerStats:
     gram: torch.Tensor | None = None
     abs_sum: torch.Tensor | None = None
+    x_sum: torch.Tensor | None = None
     fisher_rows: torch.Tensor | None = None
     heldout_gram: torch.Tensor | None = None
     tokens: int = 0
@@ -46,6 +48,17 @@ class LayerStats:
     @property
     def abs_mean(self) -> torch.Tensor | None:
         return None if self.abs_sum is None else self.abs_sum / max(self.tokens, 1)
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        return None if self.x_sum is None else self.x_sum / max(self.tokens, 1)
+
+    def covariance(self) -> torch.Tensor:
+        """Sample covariance of the inputs, from the Gram and the mean (needs both)."""
+        assert self.gram is not None and self.x_sum is not None
+        n = max(self.tokens, 2)
+        mu = self.x_sum / n
+        return (self.gram - n * torch.outer(mu, mu)) / (n - 1)
 
 
 @dataclass
@@ -107,7 +120,7 @@ class CalibrationStats:
         nodes = {n: p for p in todo for n in sites[p].nodes}
         for p in todo:
             self.layers.setdefault(p, LayerStats())
-        calib = {p: k & {"gram", "abs_mean"} for p, k in todo.items()}
+        calib = {p: k & {"gram", "abs_mean", "mean"} for p, k in todo.items()}
         fisher = [p for p, k in todo.items() if "fisher_rows" in k]
         outputs = {n: (name, i) for name, ns in lists.items() for i, n in enumerate(ns)}
         for batch in self.captured.data.calibration:
@@ -132,6 +145,8 @@ class CalibrationStats:
             s.gram = _acc(s.gram, x.T @ x)
         if "abs_mean" in kinds:
             s.abs_sum = _acc(s.abs_sum, x.abs().sum(0))
+        if "mean" in kinds:
+            s.x_sum = _acc(s.x_sum, x.sum(0))
         s.tokens += x.shape[0]
 
     def _add_heldout(self, path: str, x: torch.Tensor) -> None:
@@ -142,7 +157,8 @@ class CalibrationStats:
 def _have(s: LayerStats | None) -> set[str]:
     if s is None:
         return set()
-    present = {"gram": s.gram, "abs_mean": s.abs_sum, "fisher_rows": s.fisher_rows,
+    present = {"gram": s.gram, "abs_mean": s.abs_sum, "mean": s.x_sum,
+               "fisher_rows": s.fisher_rows,
                "heldout_gram": s.heldout_gram}
     return {k for k, v in present.items() if v is not None}
 

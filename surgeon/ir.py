@@ -30,7 +30,7 @@ EMBEDDED_MODELS = ("minilm",)
 FACTORIZE_METHODS = ("svd", "asvd", "svd_llm", "fwsvd")
 PRUNE_METHODS = ("block_influence", "angular", "last", "first")
 ADAPTER_METHODS = ("lora",)
-ADAPTER_INITS = ("zero", "gaussian", "pissa")
+ADAPTER_INITS = ("zero", "gaussian", "pissa", "eva")
 VERIFY_METRICS = {"cosine": ">=", "embedding_cosine": ">=", "rel_error": "<="}
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 MIN_OPSET, MAX_OPSET = 18, 23

@@ -161,3 +161,20 @@ def test_compiling_leaves_the_callers_model_untouched(minilm) -> None:
     for n, p in minilm.module.named_parameters():
         assert p.requires_grad == before[n][0], n
         assert torch.equal(p, before[n][1]), n
+
+
+def test_eva_initialises_a_with_the_principal_directions_of_the_inputs(minilm) -> None:
+    from activations import stored_inputs
+
+    path = "encoder.layer.2.attention.self.value"
+    step = Adapter(target=path, rank=4, alpha=8, init="eva")
+    result = surgeon.apply(minilm.module, [step], tokenizer=minilm.tokenizer)
+    x = stored_inputs(lambda ids, mask: minilm.module(input_ids=ids, attention_mask=mask),
+                      minilm.module.get_submodule(path), result.captured.data.calibration)
+    centred = (x - x.mean(0)).numpy()
+    _, _, vt = __import__("numpy").linalg.svd(centred, full_matrices=False)  # independent PCA
+    ours = result.module.get_submodule(f"model.{path}.adapter").lora_A.weight.double()
+    ref = torch.from_numpy(vt[:4])
+    signs = torch.sign((ours * ref).sum(1))
+    torch.testing.assert_close(ours, signs[:, None] * ref, atol=1e-4, rtol=1e-3)
+    assert result.report.fidelity["rel_error"] == 0.0  # B = 0: function-preserving
