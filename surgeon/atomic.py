@@ -7,6 +7,7 @@ destination, never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -35,6 +36,16 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def digest(directory: Path) -> tuple[str, int]:
+    """(sha256 over the directory's files in name order, total bytes)."""
+    h, size = hashlib.sha256(), 0
+    for f in sorted(p for p in directory.iterdir() if p.is_file()):
+        data = f.read_bytes()
+        h.update(data)
+        size += len(data)
+    return h.hexdigest(), size
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from surgeon.capture import Captured
+from surgeon.capture import Captured, is_param
 from surgeon.diagnostics import UserError
 from surgeon.targets import closest
 
@@ -30,15 +30,7 @@ class Block:
     def params(self, gm: fx.GraphModule) -> int:
         # get_attr nodes carry no module stack, so they are the block's inputs, not members
         targets = {a.target for n in self.nodes for a in n.all_input_nodes if a.op == "get_attr"}
-        return sum(gm.get_parameter(t).numel() for t in targets if _is_param(gm, t))
-
-
-def _is_param(gm: fx.GraphModule, target: str) -> bool:
-    try:
-        gm.get_parameter(target)
-        return True
-    except AttributeError:
-        return False
+        return sum(gm.get_parameter(t).numel() for t in targets if is_param(gm, t))
 
 
 def _block_index(node: fx.Node, pattern: re.Pattern[str], prefix: str) -> int | None:

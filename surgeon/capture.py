@@ -161,7 +161,7 @@ def linear_sites(gm: fx.GraphModule, prefix: str) -> dict[str, LinearSite]:
         w = node.args[1]
         if not isinstance(w, fx.Node) or w.op != "get_attr":
             continue
-        weight = gm.get_parameter(w.target) if _is_param(gm, w.target) else None
+        weight = gm.get_parameter(w.target) if is_param(gm, w.target) else None
         if weight is None or weight.dim() != 2:
             continue
         owner = w.target.removesuffix(".weight")
@@ -172,7 +172,7 @@ def linear_sites(gm: fx.GraphModule, prefix: str) -> dict[str, LinearSite]:
     return sites
 
 
-def _is_param(gm: fx.GraphModule, target: str) -> bool:
+def is_param(gm: fx.GraphModule, target: str) -> bool:
     try:
         gm.get_parameter(target)
         return True

@@ -80,6 +80,15 @@ def _string(tok: Token) -> str:
                        "\\uXXXX); on Windows write paths with '/'", tok) from None
 
 
+def _options(opts: list[tuple[str, Any, Token]], fields: dict[str, Any],
+             tokens: dict[str, Token]) -> None:
+    """Fold `key value` options into fields, each at most once."""
+    for key, value, tok in opts:
+        if key in tokens:
+            raise _Located(f"'{key}' given twice", tok)
+        fields[key], tokens[key] = value, tok
+
+
 def _build(cls: type[ir.Node], where: Any, tokens: dict[str, Token], **fields: Any) -> Any:
     """Construct an IR node; a validation error points at the offending token."""
     span = _span(where) if not isinstance(where, Token) else _tok_span(where)
@@ -140,10 +149,7 @@ class ToIR(Transformer):
     def calibrate(self, meta: Any, c: list[Any]) -> ir.Calibrate:
         corpus, *opts = c
         fields, tokens = dict(corpus), {}
-        for key, value, tok in opts:
-            if key in tokens:
-                raise _Located(f"'{key}' given twice", tok)
-            fields[key], tokens[key] = value, tok
+        _options(opts, fields, tokens)
         return _build(ir.Calibrate, meta, tokens, **fields)
 
     def rank(self, meta: Any, c: list[Token]) -> ir.Rank:
@@ -207,10 +213,7 @@ class ToIR(Transformer):
         fields: dict[str, Any] = {"method": str(method), "target": _string(target),
                                   "rank": _int(rank, "rank"), "alpha": float(alpha)}
         tokens = {"method": method, "target": target, "rank": rank, "alpha": alpha}
-        for key, value, tok in opts:
-            if key in tokens:
-                raise _Located(f"'{key}' given twice", tok)
-            fields[key], tokens[key] = value, tok
+        _options(opts, fields, tokens)
         return _build(ir.Adapter, meta, tokens, **fields)
 
     def adapter_load(self, meta: Any, c: list[Token]) -> ir.AdapterLoad:

@@ -10,7 +10,6 @@ transformers' AutoModel and compared with the compiled graph.
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
 import time
 from collections import defaultdict
@@ -102,8 +101,6 @@ def save_hf(captured: Captured, out: ir.SaveHF, loaded: LoadedModel) -> Artifact
         if not diff <= RELOAD_TOLERANCE:
             raise RuntimeError(f"the transformers checkpoint reloads with outputs {diff:.3g} "
                                f"away from the compiled graph; nothing was written")
-        files = sorted(p for p in d.iterdir() if p.is_file())
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
-        size = sum(p.stat().st_size for p in files)
+        digest, size = atomic.digest(d)
     return ArtifactReport(kind="hf", path=out.path, bytes=size, sha256=digest,
                           reload_max_abs_diff=diff, seconds=time.perf_counter() - t0)

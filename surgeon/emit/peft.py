@@ -10,7 +10,6 @@ W_res + s B A = W + s (B A - B0 A0).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 
@@ -64,8 +63,6 @@ def save_adapters(captured: Captured, out: ir.SaveAdapters) -> ArtifactReport:
     with atomic.staged_dir(out.path) as d:
         safetensors.torch.save_file(tensors, str(d / "adapter_model.safetensors"))
         (d / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        files = sorted(p for p in d.iterdir() if p.is_file())
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
-        size = sum(p.stat().st_size for p in files)
+        digest, size = atomic.digest(d)
     return ArtifactReport(kind="adapters", path=out.path, bytes=size, sha256=digest,
                           seconds=time.perf_counter() - t0)

@@ -4,7 +4,6 @@ spec and seed give the same bytes) and a bar chart of the block scores of each
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -47,8 +46,6 @@ def write_report(report: CompileReport, out: ir.Report) -> ArtifactReport:
             if step.kind == "prune_layers":  # YAML specs have no lines: number by step
                 name = f"line{step.line}" if step.line else f"step{i}"
                 (d / f"{name}_prune_layers.png").write_bytes(score_chart(step))
-        files = sorted(p for p in d.iterdir() if p.is_file())
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
-        size = sum(p.stat().st_size for p in files)
+        digest, size = atomic.digest(d)
     return ArtifactReport(kind="report", path=out.path, bytes=size, sha256=digest,
                           seconds=time.perf_counter() - t0)
