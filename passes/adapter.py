@@ -15,7 +15,8 @@ import operator
 import torch
 
 from surgeon import targets
-from surgeon.adapters import ADAPTER_META, LoraAdapter, init_lora
+from surgeon.adapters import ADAPTER_META, LoraAdapter, freeze_base, has_adapter, init_lora
+from surgeon.diagnostics import UserError
 from surgeon.ir import Adapter
 from surgeon.registry import LayerPlan, PassContext, PassResult, register_pass
 from surgeon.rewrite import finish, set_param
@@ -35,6 +36,12 @@ class AdapterPass:
         plans = []
         for path in targets.resolve(step.target, sites):
             s = sites[path]
+            check_free(ctx.captured.gm, s)
+            limit = min(s.in_features, s.out_features) if step.init == "pissa" else s.in_features
+            if step.init in ("pissa", "eva") and step.rank > limit:
+                raise UserError(f"adapter {path}: init {step.init} needs rank <= {limit} "
+                                f"(the layer is {s.out_features}x{s.in_features}), "
+                                f"got {step.rank}")
             extra = step.rank * (s.in_features + s.out_features)
             plans.append(LayerPlan(path=path, shape=(s.out_features, s.in_features),
                                    rank=step.rank, method=f"{step.method}/{step.init}",
@@ -48,8 +55,7 @@ class AdapterPass:
         sites = ctx.captured.linear_sites()
         plans = self.plan(ctx, step)
         generator = torch.Generator().manual_seed(ctx.captured.data.seed)
-        for p in gm.parameters():
-            p.requires_grad_(False)  # base frozen; adapters below are the trainable part
+        freeze_base(gm)  # base frozen; adapters (these and earlier ones) train
         for plan in plans:
             site = sites[plan.path]
             adapter = LoraAdapter(site.in_features, site.out_features, step.rank, step.alpha,
@@ -63,6 +69,11 @@ class AdapterPass:
             install(gm, site, adapter, step.init)
         finish(gm)
         return PassResult(modified=bool(plans), layers=plans)
+
+
+def check_free(gm, site) -> None:
+    if has_adapter(gm, site.weight):
+        raise UserError(f"{site.path} already has an adapter", "fold it before adding another")
 
 
 def install(gm, site, adapter: LoraAdapter, init: str) -> None:

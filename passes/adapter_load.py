@@ -11,14 +11,13 @@ biases, modules_to_save) are refused rather than silently dropped.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import safetensors.torch
 import torch
-from surgeon.passes.adapter import install
+from surgeon.passes.adapter import check_free, install
 
-from surgeon.adapters import LoraAdapter
+from surgeon.adapters import LoraAdapter, freeze_base
 from surgeon.diagnostics import UserError
 from surgeon.ir import AdapterLoad
 from surgeon.registry import LayerPlan, PassContext, PassResult, register_pass
@@ -62,6 +61,9 @@ class AdapterLoadPass:
     def _read(self, ctx: PassContext, step: AdapterLoad):
         config, pairs = read_peft(step.path)
         sites = ctx.captured.linear_sites()
+        for path in pairs:
+            if path in sites:
+                check_free(ctx.captured.gm, sites[path])
         missing = [p for p in pairs if p not in sites]
         if missing:
             near = closest(missing[0], sites)
@@ -80,19 +82,19 @@ class AdapterLoadPass:
                 for p, (a, b) in sorted(pairs.items())]
 
     def run(self, ctx: PassContext, step: AdapterLoad) -> PassResult:
+        plans = self.plan(ctx, step)  # before installing: the plan checks layers are free
         config, pairs, sites = self._read(ctx, step)
         gm = ctx.captured.gm
-        for p in gm.parameters():
-            p.requires_grad_(False)
+        freeze_base(gm)
         for path, (lora_a, lora_b) in sorted(pairs.items()):
             site, rank = sites[path], lora_a.shape[0]
             adapter = LoraAdapter(site.in_features, site.out_features, rank,
                                   float(config["lora_alpha"]), float(config.get("lora_dropout", 0)))
             if config.get("use_rslora"):
-                adapter.scaling = adapter.alpha / math.sqrt(rank)
+                adapter.rslora()
             with torch.no_grad():
                 adapter.lora_A.weight.copy_(lora_a)
                 adapter.lora_B.weight.copy_(lora_b)
             install(gm, site, adapter, "peft")
         finish(gm)
-        return PassResult(modified=bool(pairs), layers=self.plan(ctx, step))
+        return PassResult(modified=bool(pairs), layers=plans)

@@ -25,6 +25,7 @@ import re
 import torch
 
 from surgeon import targets
+from surgeon.adapters import has_adapter
 from surgeon.capture import LinearSite
 from surgeon.diagnostics import UserError
 from surgeon.ir import Budget, Energy, Factorize, ParamsFraction, Rank
@@ -137,6 +138,10 @@ class FactorizePass:
     def _decide(self, ctx: PassContext, step: Factorize):
         gm, all_sites = ctx.captured.gm, ctx.captured.linear_sites()
         sites = [all_sites[p] for p in targets.resolve(step.target, all_sites)]
+        adapted = [s.path for s in sites if has_adapter(gm, s.weight)]
+        if adapted:
+            raise UserError(f"factorize {adapted[0]}: the layer has an adapter",
+                            "fold adapters before factorizing their layers")
         stats = ctx.stats.layers if ctx.stats else {}
         if NEEDS[step.method] and not all(s.path in stats for s in sites):
             raise ValueError(f"method {step.method} needs calibration statistics")

@@ -24,10 +24,11 @@ class FoldPass:
             adapter = gm.get_submodule(meta["module"])
             w = gm.get_parameter(meta["weight"])
             extra = sum(p.numel() for p in adapter.parameters())
-            plans.append(LayerPlan(path=meta["module"].removesuffix(".adapter"),
-                                   shape=tuple(w.shape), rank=meta["rank"], method="fold",
-                                   params_before=w.numel() + extra, params_after=w.numel(),
-                                   flops_before=2 * (w.numel() + extra), flops_after=2 * w.numel()))
+            path = meta["module"].removesuffix(".adapter").removeprefix(ctx.captured.prefix)
+            plans.append(LayerPlan(path=path, shape=tuple(w.shape), rank=meta["rank"],
+                                   method="fold", params_before=w.numel() + extra,
+                                   params_after=w.numel(), flops_before=2 * (w.numel() + extra),
+                                   flops_after=2 * w.numel()))
         return plans
 
     def run(self, ctx: PassContext, step: Fold) -> PassResult:

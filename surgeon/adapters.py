@@ -29,6 +29,11 @@ class LoraAdapter(nn.Module):
         self.lora_B = nn.Linear(rank, out_features, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        self.use_rslora = False  # PEFT's rank-stabilised scaling alpha / sqrt(r)
+
+    def rslora(self) -> LoraAdapter:
+        self.use_rslora, self.scaling = True, self.alpha / math.sqrt(self.rank)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
@@ -72,3 +77,18 @@ def init_lora(adapter: LoraAdapter, init: str, weight: torch.Tensor,
 
 def adapter_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if ADAPTER_META in n.meta]
+
+
+def has_adapter(gm: fx.GraphModule, weight: str) -> bool:
+    owner = gm.get_submodule(weight.removesuffix(".weight"))
+    return isinstance(getattr(owner, "adapter", None), LoraAdapter)
+
+
+def freeze_base(gm: fx.GraphModule) -> None:
+    """Freeze every parameter except adapters' (earlier adapter steps keep training)."""
+    for p in gm.parameters():
+        p.requires_grad_(False)
+    for m in gm.modules():
+        if isinstance(m, LoraAdapter):
+            for p in m.parameters():
+                p.requires_grad_(True)

@@ -30,12 +30,14 @@ def peft_tensors(captured: Captured) -> tuple[dict[str, torch.Tensor], dict]:
         raise UserError("save adapters: the compiled model has no adapters (is there an "
                         "'adapter' step, and no 'fold' after it?)")
     adapters = {m: gm.get_submodule(m) for m in modules}
-    shapes = {(a.rank, a.alpha, float(getattr(a.dropout, "p", 0.0)), hasattr(a, "init_A"))
-              for a in adapters.values()}
+    shapes = {(a.rank, a.alpha, float(getattr(a.dropout, "p", 0.0)), hasattr(a, "init_A"),
+               a.use_rslora) for a in adapters.values()}
     if len(shapes) > 1:
         raise UserError("save adapters: all adapters must share rank, alpha, dropout and init "
                         "(PEFT's config holds one of each)")
-    rank, alpha, dropout, converted = shapes.pop()
+    rank, alpha, dropout, converted, rslora = shapes.pop()
+    if converted and rslora:
+        raise UserError("save adapters: PiSSA with rslora scaling has no PEFT equivalent")
     tensors, targets = {}, []
     for module, a in adapters.items():
         path = module.removesuffix(".adapter").removeprefix(prefix)
@@ -51,7 +53,7 @@ def peft_tensors(captured: Captured) -> tuple[dict[str, torch.Tensor], dict]:
         "peft_type": "LORA", "task_type": None, "r": rank * factor,
         "lora_alpha": alpha * factor, "lora_dropout": dropout, "target_modules": targets,
         "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
-        "use_dora": False, "use_rslora": False, "modules_to_save": None,
+        "use_dora": False, "use_rslora": rslora, "modules_to_save": None,
         "inference_mode": True, "base_model_name_or_path": None,
     }
     return tensors, config

@@ -178,3 +178,45 @@ def test_eva_initialises_a_with_the_principal_directions_of_the_inputs(minilm) -
     signs = torch.sign((ours * ref).sum(1))
     torch.testing.assert_close(ours, signs[:, None] * ref, atol=1e-4, rtol=1e-3)
     assert result.report.fidelity["rel_error"] == 0.0  # B = 0: function-preserving
+
+
+def test_adapter_statements_compose_and_refuse_conflicts(minilm) -> None:
+    from surgeon.diagnostics import UserError
+    from surgeon.ir import Factorize, Rank
+
+    first = Adapter(target="encoder.layer.0.attention.self.query", rank=2, alpha=4)
+    second = Adapter(target="encoder.layer.1.attention.self.query", rank=2, alpha=4)
+    result = surgeon.apply(minilm.module, [first, second], tokenizer=minilm.tokenizer)
+    trainable = {n for n, p in result.module.named_parameters() if p.requires_grad}
+    assert len(trainable) == 4  # the first statement's adapters still train
+    with pytest.raises(UserError, match="already has an adapter"):
+        surgeon.apply(minilm.module, [first, first], tokenizer=minilm.tokenizer)
+    with pytest.raises(UserError, match="has an adapter"):
+        surgeon.apply(minilm.module, [first, Factorize(target=first.target, rank=Rank(value=8))],
+                      tokenizer=minilm.tokenizer)
+    big = Adapter(target=first.target, rank=385, alpha=4, init="pissa")
+    with pytest.raises(UserError, match="needs rank <= 384"):
+        surgeon.apply(minilm.module, [big], tokenizer=minilm.tokenizer)
+
+
+def test_rslora_adapters_round_trip_through_peft(minilm, tmp_path: Path) -> None:
+    base = copy.deepcopy(minilm.module)
+    config = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["query"], use_rslora=True,
+                             init_lora_weights="gaussian")
+    theirs = peft.get_peft_model(base, config)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(3))
+    theirs.save_pretrained(tmp_path / "in")
+    result = surgeon.compile(f'model "minilm"\ncalibrate text builtin samples 8\n'
+                             f'adapter load "{tmp_path / "in"}"\n'
+                             f'save adapters "{tmp_path / "out"}"\n')
+    again = peft.PeftModel.from_pretrained(copy.deepcopy(minilm.module), tmp_path / "out").eval()
+    batch = result.captured.data.heldout[0]
+    with torch.no_grad():
+        want = theirs.eval()(input_ids=batch.inputs[0], attention_mask=batch.inputs[1])
+        back = again(input_ids=batch.inputs[0], attention_mask=batch.inputs[1])
+    torch.testing.assert_close(_outputs(result.module, batch), want.last_hidden_state,
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(back.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
