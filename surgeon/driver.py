@@ -54,6 +54,7 @@ class CompileResult:
 def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code: bool = False,
                  progress: bool = False) -> CompileResult:
     t0 = time.perf_counter()
+    check_outputs(spec)
     loaded = loaded or load_model(spec.model, trust_code)
     reference, captured = capture_spec(spec, loaded)
     batches = len(captured.data.calibration)
@@ -73,6 +74,23 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
         advance("done")
     report.seconds["total"] = time.perf_counter() - t0
     return CompileResult(captured.gm, report, captured, spec, loaded)
+
+
+def check_outputs(spec: ir.Spec) -> None:
+    """What the spec alone shows an output cannot do, refused before any work is done."""
+    if not any(isinstance(o, ir.SaveHF) for o in spec.outputs):
+        return
+    open_adapters = False
+    for step in spec.steps:
+        if isinstance(step, ir.Factorize):
+            raise UserError("save hf needs architecture-preserving steps; factorize changes "
+                            "the architecture", "use save or export onnx for factorized models")
+        if isinstance(step, ir.Adapter | ir.AdapterLoad):
+            open_adapters = True
+        elif isinstance(step, ir.Fold):
+            open_adapters = False
+    if open_adapters:
+        raise UserError("save hf cannot hold unfolded adapters", "add 'fold' before the outputs")
 
 
 def capture_spec(spec: ir.Spec, loaded: LoadedModel) -> tuple[nn.Module, Captured]:

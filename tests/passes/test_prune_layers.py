@@ -157,8 +157,11 @@ def test_llama_checkpoint_reloads_in_transformers(llama_dir, tmp_path: Path) -> 
 def test_save_hf_refuses_factorized_models(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="architecture-preserving"):
         surgeon.compile('model "minilm"\nfactorize "encoder.layer.0.**" rank 8\n'
+                        f'export onnx "{tmp_path}/m.onnx"\nsave hf "{tmp_path}/hf"\n')
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "m.onnx").exists()
+    with pytest.raises(UserError, match="unfolded adapters"):
+        surgeon.compile('model "minilm"\nadapter lora "**.query" rank 2 alpha 4\n'
                         f'save hf "{tmp_path}/hf"\n')
-    assert not (tmp_path / "hf").exists()
 
 
 def test_report_directory_is_reproducible(tmp_path: Path, monkeypatch) -> None:
