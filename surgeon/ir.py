@@ -13,7 +13,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -435,42 +435,42 @@ class ExportOnnx(Node):
         return f"export onnx {_str(self.path)} opset {self.opset}"
 
 
-class Save(Node):
-    kind: Literal["save"] = "save"
+class _PathOutput(Node):
+    """An output written to one path; its spec text is `<keyword> "<path>"`."""
+
+    keyword: ClassVar[str]
     path: str
 
     def to_text(self) -> str:
-        return f"save {_str(self.path)}"
+        return f"{self.keyword} {_str(self.path)}"
 
 
-class SaveHF(Node):
+class Save(_PathOutput):
+    """A surgeon checkpoint directory that surgeon.load() runs without the spec."""
+
+    kind: Literal["save"] = "save"
+    keyword: ClassVar[str] = "save"
+
+
+class SaveHF(_PathOutput):
     """A transformers checkpoint (architecture-preserving steps only)."""
 
     kind: Literal["save_hf"] = "save_hf"
-    path: str
-
-    def to_text(self) -> str:
-        return f"save hf {_str(self.path)}"
+    keyword: ClassVar[str] = "save hf"
 
 
-class Report(Node):
+class Report(_PathOutput):
     """report.json (the --json report, without timings) and charts, in a directory."""
 
     kind: Literal["report"] = "report"
-    path: str
-
-    def to_text(self) -> str:
-        return f"report {_str(self.path)}"
+    keyword: ClassVar[str] = "report"
 
 
-class SaveAdapters(Node):
+class SaveAdapters(_PathOutput):
     """PEFT-format adapter files (adapter_config.json + adapter_model.safetensors)."""
 
     kind: Literal["save_adapters"] = "save_adapters"
-    path: str
-
-    def to_text(self) -> str:
-        return f"save adapters {_str(self.path)}"
+    keyword: ClassVar[str] = "save adapters"
 
 
 Output = Annotated[ExportOnnx | Save | SaveHF | SaveAdapters | Report,
