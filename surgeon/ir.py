@@ -167,19 +167,29 @@ class Rank(Node):
         return f"rank {self.value}"
 
 
-class ParamsFraction(Node):
-    kind: Literal["params"] = "params"
+class _Percent(Node):
+    """A share of parameters in (0, 100); spec text `<keyword> P%`."""
+
+    keyword: ClassVar[str]
     percent: float
 
     @field_validator("percent")
     @classmethod
     def _percent(cls, v: float) -> float:
         if not 0 < v < 100:
-            raise ValueError(f"params must be between 0% and 100% (exclusive), got {_num(v)}%")
+            raise ValueError(f"{cls.keyword} must be between 0% and 100% (exclusive), "
+                             f"got {_num(v)}%")
         return v
 
     def to_text(self) -> str:
-        return f"params {_num(self.percent)}%"
+        return f"{self.keyword} {_num(self.percent)}%"
+
+
+class ParamsFraction(_Percent):
+    """Each matched layer keeps this share of its own weights."""
+
+    kind: Literal["params"] = "params"
+    keyword: ClassVar[str] = "params"
 
 
 class Energy(Node):
@@ -197,21 +207,11 @@ class Energy(Node):
         return f"energy {_num(self.fraction)}"
 
 
-class Budget(Node):
+class Budget(_Percent):
     """A global parameter budget over every layer the target matches (SVD-LLM v2 style)."""
 
     kind: Literal["budget"] = "budget"
-    percent: float
-
-    @field_validator("percent")
-    @classmethod
-    def _percent(cls, v: float) -> float:
-        if not 0 < v < 100:
-            raise ValueError(f"budget must be between 0% and 100% (exclusive), got {_num(v)}%")
-        return v
-
-    def to_text(self) -> str:
-        return f"budget {_num(self.percent)}%"
+    keyword: ClassVar[str] = "budget"
 
 
 RankSpec = Annotated[Rank | ParamsFraction | Energy | Budget, Field(discriminator="kind")]
