@@ -3,31 +3,43 @@
 Reads adapter_config.json and adapter_model.safetensors (never a pickle) as
 written by PEFT's save_pretrained, and installs each lora_A/lora_B pair beside
 the linear its key names (base_model.model.<path>.lora_A.weight), with PEFT's
-scaling alpha/r (alpha/sqrt(r) under use_rslora). Options surgeon cannot
-express yet (DoRA, per-module rank or alpha patterns, fan_in_fan_out, trained
-biases, modules_to_save) are refused rather than silently dropped.
+scaling alpha/r (alpha/sqrt(r) under use_rslora), per-module rank and alpha
+from rank_pattern/alpha_pattern, and DoRA's lora_magnitude_vector. Options
+surgeon cannot express yet (fan_in_fan_out, trained biases, modules_to_save,
+...) are refused rather than silently dropped.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
 from surgeon.passes.adapter import check_free, install
 
-from surgeon.adapters import LoraAdapter, freeze_base
+from surgeon.adapters import DoraAdapter, LoraAdapter, freeze_base
+from surgeon.capture import LinearSite
 from surgeon.diagnostics import UserError
 from surgeon.ir import AdapterLoad
 from surgeon.registry import LayerPlan, PassContext, PassResult, register_pass
 from surgeon.rewrite import finish
 from surgeon.targets import closest
 
-_UNSUPPORTED = {"use_dora": True, "fan_in_fan_out": True}
+_UNSUPPORTED = {"fan_in_fan_out": True, "lora_bias": True, "use_qalora": True}
 
 
-def read_peft(path: str) -> tuple[dict, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+@dataclass(frozen=True)
+class PeftLayer:
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    alpha: float
+    magnitude: torch.Tensor | None  # DoRA
+
+
+def read_peft(path: str) -> tuple[dict, dict[str, PeftLayer]]:
     d = Path(path)
     try:
         config = json.loads((d / "adapter_config.json").read_text())
@@ -38,20 +50,47 @@ def read_peft(path: str) -> tuple[dict, dict[str, tuple[torch.Tensor, torch.Tens
         raise UserError(f"adapter load {path!r}: peft_type {config.get('peft_type')!r}; "
                         "only LORA is supported")
     refused = [k for k, v in _UNSUPPORTED.items() if config.get(k) == v]
-    refused += [k for k in ("rank_pattern", "alpha_pattern", "modules_to_save")
+    refused += [k for k in ("modules_to_save", "layer_replication", "target_parameters")
                 if config.get(k)]
     if config.get("bias", "none") != "none":
         refused.append("bias")
     if refused:
         raise UserError(f"adapter load {path!r}: PEFT options not supported yet: "
                         f"{', '.join(refused)}")
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         body = key.removeprefix("base_model.model.")
-        for part in ("lora_A", "lora_B"):
-            if body.endswith(f".{part}.weight"):
-                pairs.setdefault(body.removesuffix(f".{part}.weight"), {})[part] = value
-    return config, {p: (t["lora_A"], t["lora_B"]) for p, t in pairs.items()}
+        for part in ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector"):
+            if body.endswith(f".{part}"):
+                parts.setdefault(body.removesuffix(f".{part}"), {})[part] = value
+    return config, {p: _layer(path, config, p, t) for p, t in parts.items()}
+
+
+def _layer(where: str, config: dict, path: str, t: dict[str, torch.Tensor]) -> PeftLayer:
+    if "lora_A.weight" not in t or "lora_B.weight" not in t:
+        raise UserError(f"adapter load {where!r}: {path} lacks lora_A or lora_B")
+    rank = _pattern_value(config.get("rank_pattern") or {}, path, config["r"])
+    if t["lora_A.weight"].shape[0] != rank:
+        raise UserError(f"adapter load {where!r}: {path} has rank "
+                        f"{t['lora_A.weight'].shape[0]}, its config says {rank}")
+    if config.get("use_dora") != ("lora_magnitude_vector" in t):
+        raise UserError(f"adapter load {where!r}: {path}'s DoRA magnitude does not match "
+                        f"use_dora={config.get('use_dora')}")
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config["lora_alpha"])
+    return PeftLayer(t["lora_A.weight"], t["lora_B.weight"], float(alpha),
+                     t.get("lora_magnitude_vector"))
+
+
+def _pattern_value(patterns: dict[str, float], path: str, default: float) -> float:
+    """PEFT's rule (peft.utils.other.get_pattern_key): the first key matching as a
+    regex suffix of the module path at a dot boundary."""
+    for key, value in patterns.items():
+        try:
+            if re.match(rf"(.*\.)?({key})$", path):
+                return value
+        except re.error as e:
+            raise UserError(f"adapter load: pattern {key!r} is not a valid regex ({e})") from None
+    return default
 
 
 @register_pass(AdapterLoad)
@@ -73,28 +112,36 @@ class AdapterLoadPass:
 
     def plan(self, ctx: PassContext, step: AdapterLoad) -> list[LayerPlan]:
         _, pairs, sites = self._read(ctx, step)
-        return [LayerPlan(path=p, shape=(sites[p].out_features, sites[p].in_features),
-                          rank=a.shape[0], method="lora/peft", params_before=sites[p].params,
-                          params_after=sites[p].params + a.numel() + b.numel(),
-                          flops_before=2 * sites[p].out_features * sites[p].in_features,
-                          flops_after=2 * (sites[p].out_features * sites[p].in_features
-                                           + a.numel() + b.numel()))
-                for p, (a, b) in sorted(pairs.items())]
+        return [_layer_plan(sites[p], layer) for p, layer in sorted(pairs.items())]
 
     def run(self, ctx: PassContext, step: AdapterLoad) -> PassResult:
         plans = self.plan(ctx, step)  # before installing: the plan checks layers are free
         config, pairs, sites = self._read(ctx, step)
         gm = ctx.captured.gm
         freeze_base(gm)
-        for path, (lora_a, lora_b) in sorted(pairs.items()):
-            site, rank = sites[path], lora_a.shape[0]
-            adapter = LoraAdapter(site.in_features, site.out_features, rank,
-                                  float(config["lora_alpha"]), float(config.get("lora_dropout", 0)))
+        for path, layer in sorted(pairs.items()):
+            site = sites[path]
+            kind = LoraAdapter if layer.magnitude is None else DoraAdapter
+            adapter = kind(site.in_features, site.out_features, layer.lora_a.shape[0],
+                           layer.alpha, float(config.get("lora_dropout", 0)))
             if config.get("use_rslora"):
                 adapter.rslora()
             with torch.no_grad():
-                adapter.lora_A.weight.copy_(lora_a)
-                adapter.lora_B.weight.copy_(lora_b)
+                adapter.lora_A.weight.copy_(layer.lora_a)
+                adapter.lora_B.weight.copy_(layer.lora_b)
+                if isinstance(adapter, DoraAdapter):
+                    adapter.lora_magnitude_vector.copy_(layer.magnitude)
             install(gm, site, adapter, "peft")
         finish(gm)
         return PassResult(modified=bool(pairs), layers=plans)
+
+
+def _layer_plan(site: LinearSite, layer: PeftLayer) -> LayerPlan:
+    extra = layer.lora_a.numel() + layer.lora_b.numel()
+    extra += 0 if layer.magnitude is None else layer.magnitude.numel()
+    dense = 2 * site.out_features * site.in_features
+    return LayerPlan(path=site.path, shape=(site.out_features, site.in_features),
+                     rank=layer.lora_a.shape[0],
+                     method="lora/peft" if layer.magnitude is None else "dora/peft",
+                     params_before=site.params, params_after=site.params + extra,
+                     flops_before=dense, flops_after=dense + 2 * extra)

@@ -1,4 +1,5 @@
-"""fold: merge every adapter into its base weight, W <- W + (alpha/r) B A.
+"""fold: merge every adapter into its base weight, W <- W + (alpha/r) B A
+(DoRA: W <- m * (W + (alpha/r) B A) / ||W + (alpha/r) B A||_row).
 
 Exact up to float rounding: the folded linear computes what the adapted pair
 did, so a fine-tuned model ships as a plain dense graph (ONNX included).
@@ -41,7 +42,7 @@ class FoldPass:
             if meta["module"] not in folded:  # a shared weight folds once
                 adapter = gm.get_submodule(meta["module"])
                 w = gm.get_parameter(meta["weight"]).detach()
-                merged = (w.double() + adapter.delta_weight().detach().double()).to(w.dtype)
+                merged = adapter.merged(w).detach().to(w.dtype)
                 set_param(gm, meta["weight"], merged)
                 folded.add(meta["module"])
             node.replace_all_uses_with(base)

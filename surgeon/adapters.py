@@ -1,4 +1,9 @@
-"""The low-rank adapter module that `adapter` inserts beside a linear.
+"""The low-rank adapter modules that `adapter` inserts beside a linear.
+
+LoRA (Hu et al., 2021) and DoRA (Liu et al., 2024, "Weight-Decomposed Low-Rank
+Adaptation"): DoRA learns a magnitude per output row on top of the LoRA
+direction, W' = m * (W + s B A) / ||W + s B A||_row, with the norm treated as a
+constant in backprop (the paper's section 4.3, as PEFT does).
 
 Inits: zero (LoRA: kaiming-uniform A, B = 0), gaussian (A ~ N(0, 1/r), B = 0),
 pissa (principal singular triplets of W, residual base; Meng et al., 2024),
@@ -17,6 +22,7 @@ import math
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 
 ADAPTER_META = "surgeon_adapter"  # on the add node: {"module": ..., "weight": ..., "init": ...}
 
@@ -40,6 +46,46 @@ class LoraAdapter(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * (self.lora_B.weight @ self.lora_A.weight)
+
+    def merged(self, weight: torch.Tensor) -> torch.Tensor:
+        """The base weight with this adapter folded in (float64 for the sum)."""
+        return weight.double() + self.delta_weight().double()
+
+
+class DoraAdapter(LoraAdapter):
+    """DoRA's extra output beside the base linear, PEFT's formula term for term.
+
+    delta = (m/n - 1) * (x W^T) + (m/n) * s * B A x, n = ||W + s B A||_row
+    (detached), so base + delta = (m/n) (W + s B A) x + b. It needs the base
+    linear's output, weight and bias as inputs; with dropout active in training
+    the base term is recomputed on the dropped-out input, as PEFT does.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
+                 dropout: float):
+        super().__init__(in_features, out_features, rank, alpha, dropout)
+        self.lora_magnitude_vector = nn.Parameter(torch.ones(out_features))
+
+    def init_magnitude(self, weight: torch.Tensor) -> None:
+        """m = ||W + s B A||_row, so inserting the adapter changes no output."""
+        with torch.no_grad():
+            self.lora_magnitude_vector.copy_(LoraAdapter.merged(self, weight).norm(dim=1))
+
+    def forward(self, x: torch.Tensor, base: torch.Tensor,  # type: ignore[override]
+                weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        xd = self.dropout(x)
+        direction = weight + self.scaling * (self.lora_B.weight @ self.lora_A.weight).detach()
+        scale = self.lora_magnitude_vector / direction.norm(dim=1).detach()
+        if self.training and not isinstance(self.dropout, nn.Identity):
+            base = F.linear(xd, weight)
+        elif bias is not None:
+            base = base - bias
+        return (scale - 1) * base + scale * self.lora_B(self.lora_A(xd)) * self.scaling
+
+    def merged(self, weight: torch.Tensor) -> torch.Tensor:
+        direction = super().merged(weight)
+        scale = self.lora_magnitude_vector.detach().double() / direction.norm(dim=1)
+        return scale[:, None] * direction
 
 
 def init_lora(adapter: LoraAdapter, init: str, weight: torch.Tensor,

@@ -29,7 +29,7 @@ from surgeon.diagnostics import UserError, hint_for
 EMBEDDED_MODELS = ("minilm",)
 FACTORIZE_METHODS = ("svd", "asvd", "svd_llm", "fwsvd")
 PRUNE_METHODS = ("block_influence", "angular", "last", "first")
-ADAPTER_METHODS = ("lora",)
+ADAPTER_METHODS = ("lora", "dora")
 ADAPTER_INITS = ("zero", "gaussian", "pissa", "eva")
 VERIFY_METRICS = {"cosine": ">=", "embedding_cosine": ">=", "rel_error": "<="}
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
@@ -298,7 +298,11 @@ class PruneLayers(Node):
 
 # ---------------------------------------------------------------- adapters
 class Adapter(Node):
-    """Insert a trainable low-rank adapter beside each matched linear (base frozen)."""
+    """Insert a trainable low-rank adapter beside each matched linear (base frozen).
+
+    method dora adds DoRA's magnitude vector; rho > 1 (init eva only) lets EVA
+    move rank between the matched layers, each keeping at most round(rank * rho).
+    """
 
     kind: Literal["adapter"] = "adapter"
     method: str = "lora"
@@ -307,6 +311,7 @@ class Adapter(Node):
     alpha: float
     dropout: float = 0.0
     init: str = "zero"
+    rho: float = 1.0
 
     @field_validator("method")
     @classmethod
@@ -351,9 +356,23 @@ class Adapter(Node):
             raise _unknown("adapter init", v, ADAPTER_INITS)
         return v
 
+    @field_validator("rho")
+    @classmethod
+    def _rho(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 1:
+            raise ValueError(f"rho must be a number >= 1, got {_num(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Adapter:
+        if self.rho != 1 and self.init != "eva":
+            raise ValueError("rho redistributes EVA's ranks; it needs 'init eva'")
+        return self
+
     def to_text(self) -> str:
+        rho = f" rho {_num(self.rho)}" if self.init == "eva" else ""
         return (f"adapter {self.method} {_str(self.target)} rank {self.rank} "
-                f"alpha {_num(self.alpha)} dropout {_num(self.dropout)} init {self.init}")
+                f"alpha {_num(self.alpha)} dropout {_num(self.dropout)} init {self.init}{rho}")
 
 
 class AdapterLoad(Node):

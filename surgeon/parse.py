@@ -208,6 +208,9 @@ class ToIR(Transformer):
     def init(self, meta: Any, c: list[Token]) -> tuple[str, str, Token]:
         return ("init", str(c[0]), c[0])
 
+    def rho(self, meta: Any, c: list[Token]) -> tuple[str, float, Token]:
+        return ("rho", float(c[0]), c[0])
+
     def adapter(self, meta: Any, c: list[Any]) -> ir.Adapter:
         method, target, rank, alpha, *opts = c
         fields: dict[str, Any] = {"method": str(method), "target": _string(target),

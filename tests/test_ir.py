@@ -13,7 +13,7 @@ import yaml
 from surgeon import ir
 from surgeon.diagnostics import UserError
 
-# Every statement and option between these three specs.
+# Every statement and option between these specs.
 RICH = """\
 # the demo, with everything switched on
 model "minilm"
@@ -44,7 +44,19 @@ factorize "**" rank 2
 verify cosine >= 0.5
 save "out/toy"
 """
-SPECS = {"rich": RICH, "hf": HF, "python": PYTHON}
+SURGERY = """\
+model "minilm"
+calibrate text builtin samples 8
+prune layers "encoder.layer" remove 1 by angular
+adapter lora "**.query" rank 8 alpha 16 dropout 0.05 init pissa
+adapter dora "**.value" rank 4 alpha 8 init eva rho 2.5
+adapter load "peft/dir"
+fold
+report "out/report"
+save hf "out/hf"
+save adapters "out/ad"
+"""
+SPECS = {"rich": RICH, "hf": HF, "python": PYTHON, "surgery": SURGERY}
 
 
 @pytest.fixture(params=list(SPECS), ids=list(SPECS))

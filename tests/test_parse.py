@@ -75,6 +75,12 @@ INVALID: list[tuple[str, str, int, int, str, str | None]] = [
     ("opset-high", M + 'export onnx "m.onnx" opset 24\n', 2, 28, "opset 24 is not supported", None),
     ("dtype", M + 'input "ids" float23[batch, 16]\n', 2, 13,
      "unknown dtype 'float23'", "did you mean 'float32'"),
+    ("adapter-method", M + 'adapter lorra "a.b" rank 4 alpha 8\n', 2, 9,
+     "unknown adapter method 'lorra'", "did you mean 'lora'"),
+    ("rho-below-1", M + 'adapter lora "a.b" rank 4 alpha 8 init eva rho 0.5\n', 2, 48,
+     "rho must be a number >= 1, got 0.5", None),
+    ("rho-without-eva", M + 'adapter dora "a.b" rank 4 alpha 8 rho 2\n', 2, 1,
+     "rho redistributes EVA's ranks; it needs 'init eva'", None),
     # the caret is on the value of the repeated option
     ("duplicate-option", M + "calibrate random samples 8 samples 9\n", 2, 36,
      "'samples' given twice", None),

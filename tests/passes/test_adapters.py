@@ -148,10 +148,11 @@ def test_unsupported_peft_options_are_refused(minilm, tmp_path: Path) -> None:
     from surgeon.diagnostics import UserError
 
     base = copy.deepcopy(minilm.module)
-    dora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["query"], use_dora=True))
-    dora.save_pretrained(tmp_path / "dora")
-    with pytest.raises(UserError, match="use_dora"):
-        surgeon.plan(f'model "minilm"\nadapter load "{tmp_path / "dora"}"\n')
+    biased = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["query"],
+                                                       bias="all"))
+    biased.save_pretrained(tmp_path / "biased")
+    with pytest.raises(UserError, match="not supported yet: bias"):
+        surgeon.plan(f'model "minilm"\nadapter load "{tmp_path / "biased"}"\n')
 
 
 def test_compiling_leaves_the_callers_model_untouched(minilm) -> None:
