@@ -1,4 +1,4 @@
-"""Short fine-tune of MiniLM with adapters: LoRA vs PiSSA vs EVA.
+"""Short fine-tune of MiniLM with adapters: LoRA vs PiSSA vs EVA vs DoRA.
 
     python benchmarks/bench_adapters.py [--steps N] [--lr LR] [--out DIR]
 
@@ -6,7 +6,8 @@ Task: pull the mean-pooled embeddings of paraphrase pairs together
 (surgeon/data/paraphrases.tsv) with an in-batch contrastive loss (each
 sentence must pick its own paraphrase among the batch's, cosine x 5, cross
 entropy). The same adapters (q, k, v of every layer, rank 8), steps, batches,
-learning rate and seed for every init; the last 64 pairs are held out. Writes
+learning rate and seed for every variant (EVA with rho 2 keeps the total rank
+and moves it between layers); the last 64 pairs are held out. Writes
 the loss curves to DIR/adapter_loss.png and prints final losses.
 """
 
@@ -24,7 +25,10 @@ import torch
 import surgeon
 from surgeon.verify import mean_pool
 
-INITS = ("zero", "pissa", "eva")
+# label -> (method, init and options) of the adapter statement
+VARIANTS = {"lora": ("lora", "init zero"), "pissa": ("lora", "init pissa"),
+            "eva": ("lora", "init eva"), "eva rho 2": ("lora", "init eva rho 2"),
+            "dora": ("dora", "init zero")}
 HELD = 64
 # logit scale: at 20 (sentence-transformers' default) MiniLM, trained on paraphrases,
 # starts near zero loss and there is nothing to learn; 5 leaves headroom
@@ -47,10 +51,11 @@ def contrastive(module, tokenizer, batch: list[tuple[str, str]]) -> torch.Tensor
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
 
 
-def finetune(init: str, data, tokenizer, steps: int, lr: float, batch: int) -> dict:
+def finetune(label: str, data, tokenizer, steps: int, lr: float, batch: int) -> dict:
+    method, options = VARIANTS[label]
     spec = ('model "minilm"\ncalibrate text builtin samples 64 seed 0\n'
-            'adapter lora "encoder.layer.*.attention.self.{query,key,value}" '
-            f'rank 8 alpha 8 dropout 0 init {init}\n')
+            f'adapter {method} "encoder.layer.*.attention.self.{{query,key,value}}" '
+            f'rank 8 alpha 8 dropout 0 {options}\n')
     result = surgeon.compile(spec)
     module = result.module
     params = [p for p in module.parameters() if p.requires_grad]
@@ -71,8 +76,9 @@ def finetune(init: str, data, tokenizer, steps: int, lr: float, batch: int) -> d
         held_loss = float(contrastive(module, tokenizer, held))
         start = surgeon.compile(spec).module
         held_start = float(contrastive(start, tokenizer, held))
-    return {"init": init, "curve": curve, "final_train": sum(curve[-10:]) / 10,
-            "held_before": held_start, "held_after": held_loss}
+    return {"variant": label, "trainable": sum(p.numel() for p in params), "curve": curve,
+            "final_train": sum(curve[-10:]) / 10, "held_before": held_start,
+            "held_after": held_loss}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -83,7 +89,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for r in rows:
-        ax.plot(r["curve"], label=f"{r['init'] if r['init'] != 'zero' else 'lora'}")
+        ax.plot(r["curve"], label=r["variant"])
     ax.set_xlabel("step")
     ax.set_ylabel("in-batch contrastive loss")
     ax.set_title("MiniLM adapters (q,k,v rank 8): same steps, lr, batches")
@@ -107,20 +113,19 @@ def main() -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir("minilm"))
     data = pairs()
-    rows = [finetune(i, data, tokenizer, args.steps, args.lr, args.batch) for i in INITS]
+    rows = [finetune(v, data, tokenizer, args.steps, args.lr, args.batch) for v in VARIANTS]
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "adapter_loss.png")
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "curve"} for r in rows]))
         return 0
     print(f"# {args.steps} steps, batch {args.batch}, lr {args.lr}, AdamW; held-out: {HELD} pairs")
-    print("| init | train loss (first 10 steps) | train loss (last 10 steps) | "
-          "held-out loss before | held-out loss after |")
-    print("|---|---|---|---|---|")
+    print("| adapter | trainable params | train loss (first 10 steps) | "
+          "train loss (last 10 steps) | held-out loss before | held-out loss after |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        name = "lora (zero)" if r["init"] == "zero" else r["init"]
-        print(f"| {name} | {sum(r['curve'][:10]) / 10:.4f} | {r['final_train']:.4f} | "
-              f"{r['held_before']:.4f} | {r['held_after']:.4f} |")
+        print(f"| {r['variant']} | {r['trainable']:,} | {sum(r['curve'][:10]) / 10:.4f} | "
+              f"{r['final_train']:.4f} | {r['held_before']:.4f} | {r['held_after']:.4f} |")
     print(f"curves: {args.out / 'adapter_loss.png'}")
     return 0
 

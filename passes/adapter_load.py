@@ -46,6 +46,8 @@ def read_peft(path: str) -> tuple[dict, dict[str, PeftLayer]]:
         tensors = safetensors.torch.load_file(str(d / "adapter_model.safetensors"))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"adapter load {path!r}: not a PEFT adapter directory ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"adapter load {path!r}: adapter_config.json is not a JSON object")
     if config.get("peft_type") != "LORA":
         raise UserError(f"adapter load {path!r}: peft_type {config.get('peft_type')!r}; "
                         "only LORA is supported")
@@ -69,14 +71,15 @@ def read_peft(path: str) -> tuple[dict, dict[str, PeftLayer]]:
 def _layer(where: str, config: dict, path: str, t: dict[str, torch.Tensor]) -> PeftLayer:
     if "lora_A.weight" not in t or "lora_B.weight" not in t:
         raise UserError(f"adapter load {where!r}: {path} lacks lora_A or lora_B")
-    rank = _pattern_value(config.get("rank_pattern") or {}, path, config["r"])
+    # absent keys take LoraConfig's defaults, as PeftModel.from_pretrained does
+    rank = _pattern_value(config.get("rank_pattern") or {}, path, config.get("r", 8))
     if t["lora_A.weight"].shape[0] != rank:
         raise UserError(f"adapter load {where!r}: {path} has rank "
                         f"{t['lora_A.weight'].shape[0]}, its config says {rank}")
-    if config.get("use_dora") != ("lora_magnitude_vector" in t):
+    if bool(config.get("use_dora")) != ("lora_magnitude_vector" in t):
         raise UserError(f"adapter load {where!r}: {path}'s DoRA magnitude does not match "
                         f"use_dora={config.get('use_dora')}")
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config["lora_alpha"])
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", 8))
     return PeftLayer(t["lora_A.weight"], t["lora_B.weight"], float(alpha),
                      t.get("lora_magnitude_vector"))
 

@@ -19,7 +19,7 @@ def test_shipped_spec_compiles(spec: Path, tmp_path: Path, monkeypatch, capsys) 
     monkeypatch.chdir(tmp_path)  # outputs land under tmp_path
     assert main(["compile", str(spec), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["params_after"] < report["params_before"]
+    assert report["params_after"] != report["params_before"]  # adapters add, others remove
     for step in report["steps"]:
         assert {"kind", "targets", "params_delta", "seconds"} <= set(step)
         assert step["targets"]
