@@ -1,7 +1,10 @@
 """Atomic outputs: write beside the destination, then rename over it.
 
 A failure at any point leaves the previous file (or nothing) at the
-destination, never a half-written one.
+destination, never a half-written one. Inside `transaction()` the renames wait
+for the end of the block, so the outputs of one compile land together or not
+at all: a later output that fails its own check (ONNX parity, HF reload)
+does not leave the earlier ones behind.
 """
 
 from __future__ import annotations
@@ -11,8 +14,43 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
+
+Action = Callable[[], None]
+# (commits, aborts) of the open transaction, or None: rename at once
+_open: ContextVar[tuple[list[Action], list[Action]] | None] = ContextVar("_open", default=None)
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[None]:
+    """Stage every write in the block; rename all into place only if it succeeds."""
+    if _open.get() is not None:  # nested: the outer block decides
+        yield
+        return
+    commits: list[Action] = []
+    aborts: list[Action] = []
+    token = _open.set((commits, aborts))
+    try:
+        yield
+    except BaseException:
+        for abort in aborts:
+            abort()
+        raise
+    finally:
+        _open.reset(token)
+    for commit in commits:
+        commit()
+
+
+def _land(commit: Action, abort: Action) -> None:
+    pending = _open.get()
+    if pending is None:
+        commit()
+    else:
+        pending[0].append(commit)
+        pending[1].append(abort)
 
 
 def _umask() -> int:
@@ -31,11 +69,15 @@ def write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
-        os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _unlink(tmp)
         raise
+    _land(lambda: os.replace(tmp, path), lambda: _unlink(tmp))
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def digest(directory: Path) -> tuple[str, int]:
@@ -60,13 +102,17 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
         for f in tmp.rglob("*"):
             if f.is_file():
                 os.chmod(f, 0o666 & ~_umask())  # some writers create 0600 files
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _land(lambda: _replace_dir(tmp, path), lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, old / "x")
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

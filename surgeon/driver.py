@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from surgeon import ir
+from surgeon import atomic, ir
 from surgeon.calibration import CalibrationStats
 from surgeon.capture import Captured, capture, entry_point
 from surgeon.corpus import calibration_data
@@ -46,7 +46,8 @@ class CompileResult:
     def write(self, outputs: Any) -> list[ArtifactReport]:
         """Write artifacts (ExportOnnx, Save, SaveHF, SaveAdapters, Report) of the graph now."""
         spec = self.spec or ir.Spec(model=ir.ModelSource(source="python", ref="api:model"))
-        written = [emit(o, self.captured, spec, self.loaded, self.report) for o in outputs]
+        with atomic.transaction():  # all outputs land, or none
+            written = [emit(o, self.captured, spec, self.loaded, self.report) for o in outputs]
         self.report.artifacts += written
         return written
 
@@ -68,9 +69,10 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
         advance("verify on held-out inputs")
         report.fidelity = fidelity(reference, captured.gm, captured.data.heldout)
         report.verify = check(spec.checks, report.fidelity)
-        for out in spec.outputs:
-            advance(f"write {out.path}")
-            report.artifacts.append(emit(out, captured, spec, loaded, report))
+        with atomic.transaction():  # all outputs land, or none
+            for out in spec.outputs:
+                advance(f"write {out.path}")
+                report.artifacts.append(emit(out, captured, spec, loaded, report))
         advance("done")
     report.seconds["total"] = time.perf_counter() - t0
     return CompileResult(captured.gm, report, captured, spec, loaded)

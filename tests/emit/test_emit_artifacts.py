@@ -149,3 +149,22 @@ def test_artifacts_follow_the_umask(compiled) -> None:
     os.umask(mask)
     for f in [out / "model.onnx", *(out / "ckpt").iterdir()]:
         assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+
+
+def test_outputs_land_together_or_not_at_all(tmp_path: Path) -> None:
+    from surgeon.diagnostics import UserError
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "old.txt").write_text("kept")
+    spec = (f'model "minilm"\ncalibrate text builtin samples 4\n'
+            f'factorize "encoder.layer.0.attention.self.query" rank 8\n'
+            f'export onnx "{tmp_path / "m.onnx"}"\nsave "{tmp_path / "ckpt"}"\n'
+            f'save adapters "{tmp_path / "ad"}"\n')  # fails last: the model has no adapters
+    with pytest.raises(UserError, match="no adapters"):
+        surgeon.compile(spec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no file, no temp left
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["old.txt"]
+    with atomic.transaction():
+        atomic.write_bytes(tmp_path / "a.bin", b"a")
+        assert not (tmp_path / "a.bin").exists()  # staged until the block ends
+    assert (tmp_path / "a.bin").read_bytes() == b"a"
