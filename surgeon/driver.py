@@ -172,23 +172,21 @@ def emit(out: Any, captured: Captured, spec: ir.Spec, loaded: LoadedModel,
 
 def plan_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *,
               trust_code: bool = False) -> dict[str, Any]:
-    """Dry run: resolve targets and predict each step's effect; nothing is rewritten.
+    """Dry run: what each step does, layer by layer; nothing is verified or written.
 
-    Each step is planned against the captured (unmodified) graph.
+    The passes run in memory, in order, as compile runs them, so each step is
+    planned against the model the steps before it produced (a `fold` sees the
+    adapters, a `factorize` after `prune layers` only the blocks that stay).
     """
     loaded = loaded or load_model(spec.model, trust_code)
     _, captured = capture_spec(spec, loaded)
-    stats = collect_stats(captured, spec.steps)
-    steps = []
-    for step in spec.steps:
-        layers = pass_for(step).plan(PassContext(captured, stats), step)
-        steps.append({
-            "kind": step.kind, "line": step.span.line if step.span else None,
-            "text": step.to_text(), "targets": [lp.path for lp in layers],
-            "layers": [lp.model_dump() for lp in layers],
-            "params_delta": sum(lp.params_after - lp.params_before for lp in layers),
-            "flops_before": sum(lp.flops_before for lp in layers),
-            "flops_after": sum(lp.flops_after for lp in layers),
-        })
-    total = captured.num_params() + sum(s["params_delta"] for s in steps)
-    return {"params_before": captured.num_params(), "params_after": total, "steps": steps}
+    before = captured.num_params()
+    report = CompileReport(spec=spec.to_text(), params_before=before, params_after=before)
+    run_passes(captured, spec.steps, report, stats=collect_stats(captured, spec.steps))
+    steps = [{
+        "kind": step.kind, "line": done.line, "text": step.to_text(), "targets": done.targets,
+        "layers": [lp.model_dump() for lp in done.layers], "params_delta": done.params_delta,
+        "flops_before": sum(lp.flops_before for lp in done.layers),
+        "flops_after": sum(lp.flops_after for lp in done.layers),
+    } for step, done in zip(spec.steps, report.steps, strict=True)]
+    return {"params_before": before, "params_after": report.params_after, "steps": steps}

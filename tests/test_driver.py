@@ -98,3 +98,20 @@ def test_plan_predicts_the_compiled_parameter_count() -> None:
     assert [s["targets"] for s in planned["steps"]] == [s.targets for s in compiled.steps]
     ranks = [lp["rank"] for lp in planned["steps"][0]["layers"]]
     assert ranks == [lp.rank for lp in compiled.steps[0].layers]
+
+
+def test_plan_runs_the_steps_in_order_like_compile() -> None:
+    """A later step is planned on what the earlier ones made of the model."""
+    spec = ('model "minilm"\ncalibrate text builtin samples 8\n'
+            'prune layers "encoder.layer" remove 2 by last\n'
+            'factorize "encoder.layer.*.intermediate.dense" rank 32\n'
+            'adapter dora "encoder.layer.*.attention.self.query" rank 2 alpha 4\n'
+            'fold\n')
+    planned = surgeon.plan(spec)
+    compiled = surgeon.compile(spec).report
+    assert [s["targets"] for s in planned["steps"]] == [s.targets for s in compiled.steps]
+    assert len(planned["steps"][1]["targets"]) == 4  # the two removed blocks are gone
+    assert planned["steps"][3]["targets"] == planned["steps"][2]["targets"]  # fold sees them
+    assert [s["params_delta"] for s in planned["steps"]] == [s.params_delta
+                                                             for s in compiled.steps]
+    assert planned["params_after"] == compiled.params_after
