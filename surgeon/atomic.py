@@ -116,3 +116,27 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(directory: str | Path) -> Iterator[Path]:
+    """Yield an empty hidden directory inside `directory`; on success each file
+    written into it replaces its namesake in `directory` (files that must sit
+    side by side under their final names, as ONNX and its external data)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=directory))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    def commit() -> None:
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, directory / f.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    _land(commit, lambda: shutil.rmtree(tmp, ignore_errors=True))

@@ -1,6 +1,11 @@
 """ONNX emitter: re-export the compiled graph, convert with the torch.export-based
 exporter, run the full onnx checker, compare onnxruntime against the compiled
 torch graph, and only then move the file into place.
+
+A model over protobuf's 2 GB limit is written with its weights as ONNX external
+data in one sidecar file, `<name>.data` beside `<name>` (onnx.save_model's
+save_as_external_data), and checked from disk, since neither the checker nor
+onnxruntime can take such a model as one in-memory message.
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +23,6 @@ import torch
 from surgeon import atomic, ir
 from surgeon.capture import Captured, quiet
 from surgeon.corpus import Batch
-from surgeon.diagnostics import UserError
 from surgeon.report import ArtifactReport
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -51,7 +56,7 @@ def to_onnx(captured: Captured, opset: int) -> onnx.ModelProto:
     return proto
 
 
-def ort_max_abs_diff(model_bytes: bytes, captured: Captured, batch: Batch) -> float:
+def ort_max_abs_diff(model_bytes: bytes | str, captured: Captured, batch: Batch) -> float:
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(captured.data.input_names, batch.inputs,
                                                       strict=True)}
@@ -65,15 +70,38 @@ def export_onnx(captured: Captured, out: ir.ExportOnnx) -> ArtifactReport:
     t0 = time.perf_counter()
     proto = to_onnx(captured, out.opset)
     if proto.ByteSize() > PROTOBUF_LIMIT:
-        raise UserError(f"the model is over 2 GB; ONNX external-data output is not supported "
-                        f"yet ({out.path})")
+        return _export_external(proto, captured, out, t0)
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
-    diff = ort_max_abs_diff(data, captured, captured.data.heldout[0])
-    if not diff <= ORT_TOLERANCE:  # also catches NaN
-        raise RuntimeError(f"onnxruntime output differs from the compiled torch graph by "
-                           f"{diff:.3g} (tolerance {ORT_TOLERANCE:g}); nothing was written")
+    diff = _check_parity(data, captured)
     atomic.write_bytes(out.path, data)
     return ArtifactReport(kind="onnx", path=out.path, bytes=len(data),
                           sha256=hashlib.sha256(data).hexdigest(), ort_max_abs_diff=diff,
                           seconds=time.perf_counter() - t0)
+
+
+def _export_external(proto: onnx.ModelProto, captured: Captured, out: ir.ExportOnnx,
+                     t0: float) -> ArtifactReport:
+    path = Path(out.path)
+    with atomic.staged_files(path.parent) as d:
+        staged = d / path.name
+        onnx.save_model(proto, str(staged), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=f"{path.name}.data",
+                        size_threshold=1024)
+        onnx.checker.check_model(str(staged), full_check=True)
+        diff = _check_parity(str(staged), captured)
+        h, size = hashlib.sha256(), 0
+        for f in (staged, d / f"{path.name}.data"):  # the model, then its weights
+            data = f.read_bytes()
+            h.update(data)
+            size += len(data)
+    return ArtifactReport(kind="onnx", path=out.path, bytes=size, sha256=h.hexdigest(),
+                          ort_max_abs_diff=diff, seconds=time.perf_counter() - t0)
+
+
+def _check_parity(model: bytes | str, captured: Captured) -> float:
+    diff = ort_max_abs_diff(model, captured, captured.data.heldout[0])
+    if not diff <= ORT_TOLERANCE:  # also catches NaN
+        raise RuntimeError(f"onnxruntime output differs from the compiled torch graph by "
+                           f"{diff:.3g} (tolerance {ORT_TOLERANCE:g}); nothing was written")
+    return diff

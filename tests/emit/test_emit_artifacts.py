@@ -168,3 +168,34 @@ def test_outputs_land_together_or_not_at_all(tmp_path: Path) -> None:
         atomic.write_bytes(tmp_path / "a.bin", b"a")
         assert not (tmp_path / "a.bin").exists()  # staged until the block ends
     assert (tmp_path / "a.bin").read_bytes() == b"a"
+
+
+def test_models_over_the_protobuf_limit_use_external_data(compiled, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """MiniLM stands in for a > 2 GB model: the limit is lowered, the path is the same."""
+    import onnx
+    import onnxruntime as ort
+
+    from surgeon.emit import onnx as emit_onnx
+    from surgeon.ir import ExportOnnx
+
+    _, result = compiled
+    monkeypatch.setattr(emit_onnx, "PROTOBUF_LIMIT", 1 << 20)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "other.txt").write_text("kept")
+    report = result.write([ExportOnnx(path=str(tmp_path / "m" / "model.onnx"))])[0]
+    files = {p.name: p.stat().st_size for p in (tmp_path / "m").iterdir()}
+    assert sorted(files) == ["model.onnx", "model.onnx.data", "other.txt"]
+    assert files["model.onnx"] < 1 << 20 < files["model.onnx.data"]  # weights in the sidecar
+    assert report.bytes == files["model.onnx"] + files["model.onnx.data"]
+    assert onnx.load(str(tmp_path / "m" / "model.onnx")).graph.initializer  # data resolves
+    batch = result.captured.data.heldout[1]
+    session = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": batch.inputs[0].numpy(),
+                             "attention_mask": batch.inputs[1].numpy()})[0]
+    with torch.no_grad():
+        want = result.module(*batch.inputs).numpy()
+    assert abs(got - want).max() <= 1e-4
+    again = result.write([ExportOnnx(path=str(tmp_path / "again" / "model.onnx"))])[0]
+    assert again.sha256 == report.sha256  # same graph, same bytes
