@@ -35,7 +35,7 @@ def transaction() -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for abort in aborts:
+        for abort in reversed(aborts):  # later writes may sit in directories made earlier
             abort()
         raise
     finally:
@@ -59,9 +59,26 @@ def _umask() -> int:
     return mask
 
 
+def _make_parents(directory: Path) -> Action:
+    """mkdir -p; returns an undo that removes the directories it made, if still empty."""
+    made = []
+    d = directory
+    while not d.exists():
+        made.append(d)  # deepest first
+        d = d.parent
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def undo() -> None:
+        for m in made:
+            with contextlib.suppress(OSError):
+                m.rmdir()
+
+    return undo
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    undo_parents = _make_parents(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -71,8 +88,9 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
     except BaseException:
         _unlink(tmp)
+        undo_parents()
         raise
-    _land(lambda: os.replace(tmp, path), lambda: _unlink(tmp))
+    _land(lambda: os.replace(tmp, path), lambda: (_unlink(tmp), undo_parents()))
 
 
 def _unlink(path: str) -> None:
@@ -94,7 +112,7 @@ def digest(directory: Path) -> tuple[str, int]:
 def staged_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty sibling directory; on success it replaces `path` whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    undo_parents = _make_parents(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -104,8 +122,10 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
                 os.chmod(f, 0o666 & ~_umask())  # some writers create 0600 files
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        undo_parents()
         raise
-    _land(lambda: _replace_dir(tmp, path), lambda: shutil.rmtree(tmp, ignore_errors=True))
+    _land(lambda: _replace_dir(tmp, path),
+          lambda: (shutil.rmtree(tmp, ignore_errors=True), undo_parents()))
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:
@@ -124,7 +144,7 @@ def staged_files(directory: str | Path) -> Iterator[Path]:
     written into it replaces its namesake in `directory` (files that must sit
     side by side under their final names, as ONNX and its external data)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    undo_parents = _make_parents(directory)
     tmp = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=directory))
     try:
         yield tmp
@@ -132,6 +152,7 @@ def staged_files(directory: str | Path) -> Iterator[Path]:
             os.chmod(f, 0o666 & ~_umask())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        undo_parents()
         raise
 
     def commit() -> None:
@@ -139,4 +160,4 @@ def staged_files(directory: str | Path) -> Iterator[Path]:
             os.replace(f, directory / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    _land(commit, lambda: shutil.rmtree(tmp, ignore_errors=True))
+    _land(commit, lambda: (shutil.rmtree(tmp, ignore_errors=True), undo_parents()))

@@ -158,11 +158,13 @@ def test_outputs_land_together_or_not_at_all(tmp_path: Path) -> None:
     (tmp_path / "ckpt" / "old.txt").write_text("kept")
     spec = (f'model "minilm"\ncalibrate text builtin samples 4\n'
             f'factorize "encoder.layer.0.attention.self.query" rank 8\n'
-            f'export onnx "{tmp_path / "m.onnx"}"\nsave "{tmp_path / "ckpt"}"\n'
+            f'export onnx "{tmp_path / "new" / "deep" / "m.onnx"}"\n'
+            f'save "{tmp_path / "ckpt"}"\n'
             f'save adapters "{tmp_path / "ad"}"\n')  # fails last: the model has no adapters
     with pytest.raises(UserError, match="no adapters"):
         surgeon.compile(spec)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no file, no temp left
+    # no file, no temp, and no directory made for them is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["old.txt"]
     with atomic.transaction():
         atomic.write_bytes(tmp_path / "a.bin", b"a")
