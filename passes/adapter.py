@@ -74,6 +74,7 @@ class AdapterPass:
             weight = gm.get_parameter(site.weight).detach()
             cov = ctx.stats.layers[site.path].covariance() if step.init == "eva" else None
             residual = init_lora(adapter, step.init, weight, generator, cov)
+            adapter.to(device=weight.device, dtype=weight.dtype)  # a bf16 base: bf16 adapters
             if isinstance(adapter, DoraAdapter):
                 adapter.init_magnitude(weight if residual is None else residual)
             if residual is not None:

@@ -134,7 +134,8 @@ class AdapterLoadPass:
                 adapter.lora_B.weight.copy_(layer.lora_b)
                 if isinstance(adapter, DoraAdapter):
                     adapter.lora_magnitude_vector.copy_(layer.magnitude)
-            install(gm, site, adapter, "peft")
+            weight = gm.get_parameter(site.weight)
+            install(gm, site, adapter.to(device=weight.device, dtype=weight.dtype), "peft")
         finish(gm)
         return PassResult(modified=bool(pairs), layers=plans)
 

@@ -221,3 +221,18 @@ def test_rslora_adapters_round_trip_through_peft(minilm, tmp_path: Path) -> None
     torch.testing.assert_close(_outputs(result.module, batch), want.last_hidden_state,
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(back.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_adapters_take_the_base_weights_dtype(toy_models_on_path, method: str) -> None:
+    from toy_models import tiny_mlp
+
+    model = tiny_mlp().to(torch.bfloat16)
+    x = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    step = Adapter(method=method, target="**", rank=4, alpha=8, init="gaussian")
+    result = surgeon.apply(model, [step], example_inputs=(x,), dim_names=(("batch", None, None),))
+    assert {p.dtype for p in result.module.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        torch.testing.assert_close(result.module(x), model(x))  # B = 0 (DoRA: m = ||W||)
+    result.module(x).float().square().mean().backward()  # trains in the base's dtype
+    assert all(p.grad is not None for p in result.module.parameters() if p.requires_grad)
