@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from outputs import hf, run
 
 import surgeon
 from surgeon.diagnostics import UserError
@@ -17,16 +18,6 @@ from surgeon.ir import Adapter, SaveAdapters
 peft = pytest.importorskip("peft")
 
 TARGET = "encoder.layer.*.{attention.self.value,intermediate.dense}"
-
-
-def _run(module, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return module(*batch.inputs)
-
-
-def _hf(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=batch.inputs[0], attention_mask=batch.inputs[1]).last_hidden_state
 
 
 def _perturb_b(module, seed: int) -> None:
@@ -76,10 +67,10 @@ def test_redistributed_ranks_round_trip_through_peft_patterns(minilm, tmp_path: 
     want = {p: (a.rank, a.scaling) for p, a in _adapters(result.module).items()}
     assert {p: (a.rank, a.scaling) for p, a in _adapters(loaded.module).items()} == want
     for batch in loaded.captured.data.heldout:
-        ours = _run(result.module, batch)
-        torch.testing.assert_close(_hf(theirs, batch), ours, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(_run(loaded.module, batch), ours, atol=1e-5, rtol=1e-5)
-        assert float((ours - _hf(minilm.module, batch)).abs().max()) > 1e-3
+        ours = run(result.module, batch)
+        torch.testing.assert_close(hf(theirs, batch), ours, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run(loaded.module, batch), ours, atol=1e-5, rtol=1e-5)
+        assert float((ours - hf(minilm.module, batch)).abs().max()) > 1e-3
 
 
 def test_peft_rank_and_alpha_patterns_load_here(minilm, tmp_path: Path) -> None:
@@ -98,7 +89,7 @@ def test_peft_rank_and_alpha_patterns_load_here(minilm, tmp_path: Path) -> None:
     assert adapters["encoder.layer.2.attention.self.query"].scaling == 32 / 4
     theirs.eval()
     for batch in result.captured.data.heldout:
-        torch.testing.assert_close(_run(result.module, batch), _hf(theirs, batch),
+        torch.testing.assert_close(run(result.module, batch), hf(theirs, batch),
                                    atol=1e-5, rtol=1e-5)
 
 
@@ -111,7 +102,7 @@ def test_mixed_adapters_save_with_patterns_or_are_refused(minilm, tmp_path: Path
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(minilm.module),
                                             tmp_path / "mixed").eval()
     batch = result.captured.data.heldout[0]
-    assert float((_run(result.module, batch) - _hf(theirs, batch)).abs().max()) <= 1e-4
+    assert float((run(result.module, batch) - hf(theirs, batch)).abs().max()) <= 1e-4
     dora = Adapter(method="dora", target="encoder.layer.1.attention.self.query", rank=2, alpha=4)
     result = surgeon.apply(minilm.module, [pissa, dora], tokenizer=minilm.tokenizer)
     with pytest.raises(UserError, match="mix DoRA"):
@@ -136,5 +127,5 @@ def test_sparse_configs_take_peft_defaults(minilm, tmp_path: Path) -> None:
     result = surgeon.compile(f'model "minilm"\ncalibrate text builtin samples 8\n'
                              f'adapter load "{tmp_path / "in"}"\n')
     batch = result.captured.data.heldout[0]
-    torch.testing.assert_close(_run(result.module, batch), _hf(again, batch),
+    torch.testing.assert_close(run(result.module, batch), hf(again, batch),
                                atol=1e-5, rtol=1e-5)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from outputs import hf, run
 
 import surgeon
 from surgeon.ir import Adapter, ExportOnnx, Fold, SaveAdapters
@@ -23,23 +24,12 @@ def _adapted(minilm, init: str, dropout: float = 0.0):
     return surgeon.apply(minilm.module, [step], tokenizer=minilm.tokenizer)
 
 
-def _outputs(module, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return module(*batch.inputs)
-
-
-def _reference(minilm, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return minilm.module(input_ids=batch.inputs[0],
-                             attention_mask=batch.inputs[1]).last_hidden_state
-
-
 @pytest.mark.parametrize("init", ["zero", "gaussian", "pissa"])
 def test_insertion_preserves_the_function(minilm, init: str) -> None:
     result = _adapted(minilm, init, dropout=0.1)  # eval mode: dropout off
     for batch in result.captured.data.heldout:
-        ref = _reference(minilm, batch)
-        rel = float((_outputs(result.module, batch) - ref).norm() / ref.norm())
+        ref = hf(minilm.module, batch)
+        rel = float((run(result.module, batch) - ref).norm() / ref.norm())
         assert rel <= 1e-5, init
     trainable = {n for n, p in result.module.named_parameters() if p.requires_grad}
     assert len(trainable) == 24 and all(".adapter.lora_" in n for n in trainable)
@@ -69,7 +59,7 @@ def _train(result, steps: int = 5) -> list[float]:
     frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
     opt = torch.optim.AdamW(params, lr=1e-2)
     batch = result.captured.data.calibration[0]
-    target = torch.randn(_outputs(module, batch).shape, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(run(module, batch).shape, generator=torch.Generator().manual_seed(0))
     module.train()
     losses = []
     for _ in range(steps):
@@ -96,9 +86,9 @@ def test_peft_loads_our_trained_adapters_onto_the_original_base(minilm, init: st
     batch = result.captured.data.heldout[0]
     with torch.no_grad():
         theirs = model(input_ids=batch.inputs[0], attention_mask=batch.inputs[1]).last_hidden_state
-    ours = _outputs(result.module, batch)
+    ours = run(result.module, batch)
     assert float((ours - theirs).abs().max()) <= 1e-4
-    assert float((ours - _reference(minilm, batch)).abs().max()) > 1e-3  # training did something
+    assert float((ours - hf(minilm.module, batch)).abs().max()) > 1e-3  # training did something
 
 
 def test_fold_is_exact_and_exports_like_the_unfolded_graph(minilm, tmp_path: Path) -> None:
@@ -107,11 +97,11 @@ def test_fold_is_exact_and_exports_like_the_unfolded_graph(minilm, tmp_path: Pat
     result = _adapted(minilm, "gaussian")
     _train(result, steps=3)
     batch = result.captured.data.heldout[0]
-    unfolded = _outputs(result.module, batch)
+    unfolded = run(result.module, batch)
     result.write([ExportOnnx(path=str(tmp_path / "unfolded.onnx"))])
     result.apply([Fold()])
     assert not any(".adapter." in n for n, _ in result.module.named_parameters())
-    folded = _outputs(result.module, batch)
+    folded = run(result.module, batch)
     torch.testing.assert_close(folded, unfolded, atol=1e-5, rtol=1e-5)
     result.write([ExportOnnx(path=str(tmp_path / "folded.onnx"))])
     feeds = {"input_ids": batch.inputs[0].numpy(), "attention_mask": batch.inputs[1].numpy()}
@@ -139,9 +129,9 @@ def test_peft_adapters_load_here_with_identical_outputs(minilm, tmp_path: Path) 
     for batch in result.captured.data.heldout:
         with torch.no_grad():
             want = theirs(input_ids=batch.inputs[0], attention_mask=batch.inputs[1])
-        torch.testing.assert_close(_outputs(result.module, batch), want.last_hidden_state,
+        torch.testing.assert_close(run(result.module, batch), want.last_hidden_state,
                                    atol=1e-5, rtol=1e-5)
-    assert float((_outputs(result.module, batch) - _reference(minilm, batch)).abs().max()) > 1e-3
+    assert float((run(result.module, batch) - hf(minilm.module, batch)).abs().max()) > 1e-3
 
 
 def test_unsupported_peft_options_are_refused(minilm, tmp_path: Path) -> None:
@@ -218,7 +208,7 @@ def test_rslora_adapters_round_trip_through_peft(minilm, tmp_path: Path) -> None
     with torch.no_grad():
         want = theirs.eval()(input_ids=batch.inputs[0], attention_mask=batch.inputs[1])
         back = again(input_ids=batch.inputs[0], attention_mask=batch.inputs[1])
-    torch.testing.assert_close(_outputs(result.module, batch), want.last_hidden_state,
+    torch.testing.assert_close(run(result.module, batch), want.last_hidden_state,
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(back.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
 

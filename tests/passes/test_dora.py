@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from outputs import hf, run
 from torch import nn
 
 import surgeon
@@ -26,21 +27,11 @@ def _dora(minilm, init: str = "gaussian", dropout: float = 0.0):
     return surgeon.apply(minilm.module, [step], tokenizer=minilm.tokenizer)
 
 
-def _run(module, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return module(*batch.inputs)
-
-
-def _hf(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=batch.inputs[0], attention_mask=batch.inputs[1]).last_hidden_state
-
-
 def _train(result, steps: int = 4) -> None:
     module = result.module
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
     batch = result.captured.data.calibration[0]
-    target = torch.randn(_run(module, batch).shape, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(run(module, batch).shape, generator=torch.Generator().manual_seed(0))
     module.train()
     for _ in range(steps):
         loss = (module(*batch.inputs) - target).pow(2).mean()
@@ -54,8 +45,8 @@ def _train(result, steps: int = 4) -> None:
 def test_insertion_preserves_the_function(minilm, init: str) -> None:
     result = _dora(minilm, init, dropout=0.1)
     for batch in result.captured.data.heldout:
-        ref = _hf(minilm.module, batch)
-        assert float((_run(result.module, batch) - ref).norm() / ref.norm()) <= 1e-5
+        ref = hf(minilm.module, batch)
+        assert float((run(result.module, batch) - ref).norm() / ref.norm()) <= 1e-5
     trainable = {n for n, p in result.module.named_parameters() if p.requires_grad}
     assert len(trainable) == 36  # A, B and the magnitude on 12 layers
     assert sum(n.endswith(".lora_magnitude_vector") for n in trainable) == 12
@@ -109,9 +100,9 @@ def test_peft_loads_our_trained_dora_onto_the_original_base(minilm, init: str,
     model = peft.PeftModel.from_pretrained(copy.deepcopy(minilm.module), tmp_path / "ad").eval()
     assert model.peft_config["default"].use_dora
     batch = result.captured.data.heldout[0]
-    ours = _run(result.module, batch)
-    assert float((ours - _hf(model, batch)).abs().max()) <= 1e-4
-    assert float((ours - _hf(minilm.module, batch)).abs().max()) > 1e-3  # training moved it
+    ours = run(result.module, batch)
+    assert float((ours - hf(model, batch)).abs().max()) <= 1e-4
+    assert float((ours - hf(minilm.module, batch)).abs().max()) > 1e-3  # training moved it
 
 
 def test_peft_dora_loads_here_and_saves_back(minilm, tmp_path: Path) -> None:
@@ -131,9 +122,9 @@ def test_peft_dora_loads_here_and_saves_back(minilm, tmp_path: Path) -> None:
     again = peft.PeftModel.from_pretrained(copy.deepcopy(minilm.module), tmp_path / "out").eval()
     theirs.eval()
     for batch in result.captured.data.heldout:
-        want = _hf(theirs, batch)
-        torch.testing.assert_close(_run(result.module, batch), want, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(_hf(again, batch), want, atol=1e-5, rtol=1e-5)
+        want = hf(theirs, batch)
+        torch.testing.assert_close(run(result.module, batch), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hf(again, batch), want, atol=1e-5, rtol=1e-5)
 
 
 def test_fold_is_the_closed_form_and_exports_like_the_unfolded_graph(minilm,
@@ -149,13 +140,13 @@ def test_fold_is_the_closed_form_and_exports_like_the_unfolded_graph(minilm,
     direction = w + ad.scaling * b @ a
     expected = m[:, None] * direction / np.linalg.norm(direction, axis=1, keepdims=True)
     batch = result.captured.data.heldout[0]
-    unfolded = _run(result.module, batch)
+    unfolded = run(result.module, batch)
     result.write([ExportOnnx(path=str(tmp_path / "unfolded.onnx"))])
     result.apply([Fold()])
     assert not any(".adapter." in n for n, _ in result.module.named_parameters())
     folded_w = result.module.get_parameter(f"model.{PATH}.weight").detach().double().numpy()
     np.testing.assert_allclose(folded_w, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(_run(result.module, batch), unfolded, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run(result.module, batch), unfolded, atol=1e-5, rtol=1e-5)
     result.write([ExportOnnx(path=str(tmp_path / "folded.onnx"))])
     feeds = {"input_ids": batch.inputs[0].numpy(), "attention_mask": batch.inputs[1].numpy()}
     outs = [ort.InferenceSession(str(tmp_path / f"{k}.onnx")).run(None, feeds)[0]
