@@ -97,12 +97,17 @@ def _layer_plan(step: Adapter, site: LinearSite, rank: int) -> LayerPlan:
     extra = rank * (site.in_features + site.out_features)
     if step.method == "dora" and rank:
         extra += site.out_features  # the magnitude vector
+    return layer_plan(site, rank, extra, f"{step.method}/{step.init}",
+                      None if rank else "EVA gave this layer rank 0: no adapter")
+
+
+def layer_plan(site: LinearSite, rank: int, extra: int, method: str,
+               note: str | None = None) -> LayerPlan:
+    """The plan row of an adapter that adds `extra` parameters beside a linear."""
     dense = 2 * site.out_features * site.in_features
     return LayerPlan(path=site.path, shape=(site.out_features, site.in_features), rank=rank,
-                     method=f"{step.method}/{step.init}", params_before=site.params,
-                     params_after=site.params + extra, flops_before=dense,
-                     flops_after=dense + 2 * extra,
-                     note=None if rank else "EVA gave this layer rank 0: no adapter")
+                     method=method, params_before=site.params, params_after=site.params + extra,
+                     flops_before=dense, flops_after=dense + 2 * extra, note=note)
 
 
 def check_free(gm, site) -> None:
@@ -132,5 +137,4 @@ def _attach(gm, node, module: str, weight: str, adapter: LoraAdapter, init: str)
     for new in (delta, total):
         new.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
     total.meta[ADAPTER_META] = {"module": module, "weight": weight, "init": init,
-                                "alpha": adapter.alpha, "rank": adapter.rank,
-                                "dora": isinstance(adapter, DoraAdapter)}
+                                "alpha": adapter.alpha, "rank": adapter.rank}

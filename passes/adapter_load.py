@@ -18,7 +18,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from surgeon.passes.adapter import check_free, install
+from surgeon.passes.adapter import check_free, install, layer_plan
 
 from surgeon.adapters import DoraAdapter, LoraAdapter, freeze_base
 from surgeon.capture import LinearSite
@@ -143,9 +143,5 @@ class AdapterLoadPass:
 def _layer_plan(site: LinearSite, layer: PeftLayer) -> LayerPlan:
     extra = layer.lora_a.numel() + layer.lora_b.numel()
     extra += 0 if layer.magnitude is None else layer.magnitude.numel()
-    dense = 2 * site.out_features * site.in_features
-    return LayerPlan(path=site.path, shape=(site.out_features, site.in_features),
-                     rank=layer.lora_a.shape[0],
-                     method="lora/peft" if layer.magnitude is None else "dora/peft",
-                     params_before=site.params, params_after=site.params + extra,
-                     flops_before=dense, flops_after=dense + 2 * extra)
+    return layer_plan(site, layer.lora_a.shape[0], extra,
+                      "lora/peft" if layer.magnitude is None else "dora/peft")
