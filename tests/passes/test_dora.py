@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from outputs import hf, run
+from outputs import hf, onnx, run
 from torch import nn
 
 import surgeon
@@ -129,8 +129,6 @@ def test_peft_dora_loads_here_and_saves_back(minilm, tmp_path: Path) -> None:
 
 def test_fold_is_the_closed_form_and_exports_like_the_unfolded_graph(minilm,
                                                                       tmp_path: Path) -> None:
-    import onnxruntime as ort
-
     result = _dora(minilm)
     _train(result, steps=3)
     ad = result.module.get_submodule(f"model.{PATH}.adapter")
@@ -148,8 +146,6 @@ def test_fold_is_the_closed_form_and_exports_like_the_unfolded_graph(minilm,
     np.testing.assert_allclose(folded_w, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(run(result.module, batch), unfolded, atol=1e-5, rtol=1e-5)
     result.write([ExportOnnx(path=str(tmp_path / "folded.onnx"))])
-    feeds = {"input_ids": batch.inputs[0].numpy(), "attention_mask": batch.inputs[1].numpy()}
-    outs = [ort.InferenceSession(str(tmp_path / f"{k}.onnx")).run(None, feeds)[0]
-            for k in ("unfolded", "folded")]
+    outs = [onnx(tmp_path / f"{k}.onnx", batch) for k in ("unfolded", "folded")]
     assert abs(outs[0] - outs[1]).max() <= 1e-4
     assert abs(outs[0] - unfolded.numpy()).max() <= 1e-4
