@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 import surgeon
 from surgeon import ir
 from surgeon.corpus import split_texts
+from surgeon.parse import load_spec
 from surgeon.sources import embedded_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,7 +71,7 @@ def _latency_in_fresh_process(original: Path, compiled: Path, spec: Path, rounds
 
 
 def bench(spec_path: Path, rounds: int, workdir: Path) -> dict:
-    spec = ir.Spec.load(spec_path)
+    spec = load_spec(spec_path)
     onnx_out = workdir / f"{spec_path.stem}.onnx"
     compiled_spec = spec.model_copy(update={"outputs": (ir.ExportOnnx(path=str(onnx_out)),)})
     t0 = time.perf_counter()
@@ -108,7 +109,7 @@ def main() -> int:
     if args.latency:
         original, compiled, spec = args.latency
         sessions = {"original": _session(original), "compiled": _session(compiled)}
-        print(json.dumps(_latency(sessions, _feeds(ir.Spec.load(spec)), args.rounds)))
+        print(json.dumps(_latency(sessions, _feeds(load_spec(spec)), args.rounds)))
         return 0
     specs = args.specs or sorted((REPO / "specs").glob("minilm*.surg"))
     rows = []

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from surgeon.passes.adapter import check_free, install, layer_plan
 
-from surgeon.adapters import DoraAdapter, LoraAdapter, freeze_base
+from surgeon.adapters import DoraAdapter, LoraAdapter, check_free, freeze_base, install, layer_plan
 from surgeon.capture import LinearSite
 from surgeon.diagnostics import UserError
 from surgeon.ir import AdapterLoad
-from surgeon.registry import LayerPlan, PassContext, PassResult, register_pass
+from surgeon.registry import LayerPlan, Pass, PassContext, PassResult, register_pass
 from surgeon.rewrite import finish
 from surgeon.targets import closest
 
@@ -97,8 +96,10 @@ def _pattern_value(patterns: dict[str, float], path: str, default: float) -> flo
 
 
 @register_pass(AdapterLoad)
-class AdapterLoadPass:
+class AdapterLoadPass(Pass):
     name = "adapter_load"
+    preserves_architecture = False
+    adapters = "add"  # trained adapters change the function: statistics go stale
 
     def _read(self, ctx: PassContext, step: AdapterLoad):
         config, pairs = read_peft(step.path)
@@ -113,13 +114,9 @@ class AdapterLoadPass:
                             "of this model", f"closest: {', '.join(near[:3])}" if near else None)
         return config, pairs, sites
 
-    def plan(self, ctx: PassContext, step: AdapterLoad) -> list[LayerPlan]:
-        _, pairs, sites = self._read(ctx, step)
-        return [_layer_plan(sites[p], layer) for p, layer in sorted(pairs.items())]
-
     def run(self, ctx: PassContext, step: AdapterLoad) -> PassResult:
-        plans = self.plan(ctx, step)  # before installing: the plan checks layers are free
-        config, pairs, sites = self._read(ctx, step)
+        config, pairs, sites = self._read(ctx, step)  # checks the layers are free
+        plans = [_layer_plan(sites[p], layer) for p, layer in sorted(pairs.items())]
         gm = ctx.captured.gm
         freeze_base(gm)
         for path, layer in sorted(pairs.items()):

@@ -5,11 +5,14 @@ layer runs as two linears holding k*(in+out) weights instead of in*out. The
 method decides what "approximated" means (surgeon/lowrank.py):
 
 - svd:     truncated SVD, best in Frobenius norm (Eckart-Young, 1936);
-- asvd:    columns scaled by mean |x|^alpha first (ASVD, Yuan et al., 2023);
+- asvd:    columns scaled by mean |x|^alpha first (ASVD, Yuan et al., 2023,
+           arXiv:2312.05821);
 - svd_llm: whitened by the Cholesky factor of the input Gram, so the dropped
            sigma^2 are exactly the layer's output error on calibration data
            (SVD-LLM, Wang et al., 2024, arXiv:2403.07378);
-- fwsvd:   rows weighted by Fisher importance (FWSVD, Hsu et al., ICLR 2022).
+- fwsvd:   rows weighted by Fisher importance (FWSVD, Hsu et al., 2022,
+           arXiv:2207.00112).
+The catalogue (surgeon/methods/factorize.py) lists them with what they need.
 
 Ranks come from `rank N`, `params P%` (of each layer), `energy E` (of the
 method's spectrum), or `budget P%`: one parameter budget over all matched
@@ -21,16 +24,19 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
 import torch
+from pydantic import BaseModel
 
 from surgeon import targets
 from surgeon.adapters import has_adapter
 from surgeon.capture import LinearSite
 from surgeon.diagnostics import UserError
 from surgeon.ir import Budget, Energy, Factorize, ParamsFraction, Rank
-from surgeon.lowrank import NEEDS, Decomposition, allocate, decompose, output_rel_error
-from surgeon.registry import LayerPlan, PassContext, PassResult, register_pass
+from surgeon.lowrank import Decomposition, allocate, decompose, output_rel_error
+from surgeon.methods.factorize import METHODS
+from surgeon.registry import LayerPlan, Pass, PassContext, PassResult, register_pass
 from surgeon.rewrite import finish, set_param, split_linear
 
 
@@ -55,13 +61,6 @@ def choose_rank(spec: Rank | ParamsFraction | Energy, out_f: int, in_f: int,
     cum = torch.cumsum(energy, 0) / energy.sum()
     # smallest k with cum[k-1] >= fraction; tolerance guards fraction 1.0 against rounding
     return int(torch.searchsorted(cum, torch.tensor(spec.fraction - 1e-12, dtype=cum.dtype))) + 1
-
-
-def svd_factors(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain truncated SVD: (first k x in, second out x k, all singular values)."""
-    dec = decompose("svd", weight)
-    first, second = dec.factors(k, weight.dtype)
-    return first, second, dec.s
 
 
 def role(site: LinearSite) -> str:
@@ -99,6 +98,17 @@ def _budget_ranks(step: Factorize, sites: list[LinearSite], decs: list[Decomposi
     return ranks
 
 
+class FactorizeDetail(BaseModel):
+    """Per layer: the kept rank (None: kept dense), the method's predicted loss (dropped
+    share of its sigma^2), the output error on held-out inputs, the Gram jitter."""
+
+    kind: Literal["factorize"] = "factorize"
+    rank: int | None
+    predicted_loss: float | None = None
+    heldout_rel_error: float | None = None  # ||(W - W')X^T|| / ||W X^T||, held-out X
+    jitter: float | None = None
+
+
 def _layer_plan(site: LinearSite, k: int, method: str, dec: Decomposition) -> LayerPlan:
     out_f, in_f = site.out_features, site.in_features
     bias = out_f if site.bias else 0
@@ -111,11 +121,12 @@ def _layer_plan(site: LinearSite, k: int, method: str, dec: Decomposition) -> La
     if dec.jitter:
         notes.append(f"Gram not positive definite: added {dec.jitter:g} x mean diagonal")
     note = "; ".join(notes) or None
-    return LayerPlan(path=site.path, shape=(out_f, in_f), rank=None if keep_dense else k,
-                     method=method, params_before=dense + bias, params_after=after + bias,
-                     flops_before=2 * dense, flops_after=2 * after,
-                     predicted_loss=None if keep_dense else dec.dropped_energy(k),
-                     jitter=dec.jitter or None, note=note)
+    detail = FactorizeDetail(rank=None if keep_dense else k,
+                             predicted_loss=None if keep_dense else dec.dropped_energy(k),
+                             jitter=dec.jitter or None)
+    return LayerPlan(path=site.path, shape=(out_f, in_f), method=method,
+                     params_before=dense + bias, params_after=after + bias,
+                     flops_before=2 * dense, flops_after=2 * after, note=note, detail=detail)
 
 
 def _decompose(step: Factorize, weight: torch.Tensor, path: str, stats) -> Decomposition:
@@ -127,13 +138,14 @@ def _decompose(step: Factorize, weight: torch.Tensor, path: str, stats) -> Decom
 
 
 @register_pass(Factorize)
-class FactorizePass:
+class FactorizePass(Pass):
     name = "factorize"
+    preserves_architecture = False
 
     def requires(self, ctx: PassContext, step: Factorize) -> None:
         """Statistics per matched layer: the method's, plus held-out inputs for the report."""
         for path in targets.resolve(step.target, ctx.captured.linear_sites()):
-            ctx.stats.request(path, *NEEDS[step.method], "heldout_gram")
+            ctx.stats.request(path, *METHODS[step.method].needs, "heldout_gram")
 
     def _decide(self, ctx: PassContext, step: Factorize):
         gm, all_sites = ctx.captured.gm, ctx.captured.linear_sites()
@@ -143,8 +155,10 @@ class FactorizePass:
             raise UserError(f"factorize {adapted[0]}: the layer has an adapter",
                             "fold adapters before factorizing their layers")
         stats = ctx.stats.layers if ctx.stats else {}
-        if NEEDS[step.method] and not all(s.path in stats for s in sites):
-            raise ValueError(f"method {step.method} needs calibration statistics")
+        needs = METHODS[step.method].needs
+        if needs and not all(s.path in stats and all(n in stats[s.path] for n in needs)
+                             for s in sites):
+            raise ValueError(f"method {step.method} needs calibration statistics {needs}")
         decs = [_decompose(step, gm.get_parameter(s.weight), s.path, stats.get(s.path))
                 for s in sites]
         if isinstance(step.rank, Budget):
@@ -155,18 +169,15 @@ class FactorizePass:
         decided = []
         for site, k, dec in zip(sites, ranks, decs, strict=True):
             plan, factors = _layer_plan(site, k, step.method, dec), None
-            if plan.rank is not None:
+            if plan.detail.rank is not None:
                 w = gm.get_parameter(site.weight).detach()
-                factors = dec.factors(plan.rank, w.dtype)
+                factors = dec.factors(plan.detail.rank, w.dtype)
                 held = stats.get(site.path)
-                if held is not None and held.heldout_gram is not None:
-                    err = output_rel_error(w, factors[1] @ factors[0], held.heldout_gram)
-                    plan = plan.model_copy(update={"heldout_rel_error": err})
+                if held is not None and "heldout_gram" in held:
+                    err = output_rel_error(w, factors[1] @ factors[0], held["heldout_gram"])
+                    plan.detail.heldout_rel_error = err
             decided.append((plan, site, factors))
         return decided
-
-    def plan(self, ctx: PassContext, step: Factorize) -> list[LayerPlan]:
-        return [plan for plan, _, _ in self._decide(ctx, step)]
 
     def run(self, ctx: PassContext, step: Factorize) -> PassResult:
         gm = ctx.captured.gm
@@ -180,7 +191,8 @@ class FactorizePass:
                 set_param(gm, f"{owner}.factor_in", first)
                 set_param(gm, f"{owner}.factor_out", second)
                 for node in site.nodes:
-                    split_linear(gm, node, f"{owner}.factor_in", f"{owner}.factor_out", plan.rank)
+                    split_linear(gm, node, f"{owner}.factor_in", f"{owner}.factor_out",
+                                 plan.detail.rank)
                 modified = True
             done.append(plan)
         finish(gm)

@@ -12,14 +12,9 @@ from torch import nn
 from surgeon import ir
 from surgeon.capture import capture, entry_point
 from surgeon.corpus import Batch, CalibrationData, text_data
-from surgeon.driver import (
-    CompileResult,
-    collect_stats,
-    compile_spec,
-    plan_spec,
-    run_passes,
-)
+from surgeon.driver import CompileResult, compile_spec, plan_spec, run_passes
 from surgeon.emit.checkpoint import load as load_checkpoint
+from surgeon.parse import load_spec, parse_spec
 from surgeon.report import CompileReport
 from surgeon.sources import LoadedModel, embedded_model_dir
 from surgeon.verify import fidelity
@@ -31,8 +26,8 @@ def as_spec(spec: ir.Spec | str | Path) -> ir.Spec:
         return spec
     if isinstance(spec, Path) or (isinstance(spec, str) and "\n" not in spec
                                   and Path(spec).suffix in (".surg", ".yaml", ".yml", ".json")):
-        return ir.Spec.load(spec)
-    return ir.Spec.parse(spec)
+        return load_spec(spec)
+    return parse_spec(spec)
 
 
 def _tokenizer_for(src: ir.ModelSource) -> Any | None:
@@ -85,7 +80,7 @@ def apply(model: nn.Module, steps: Sequence[Any], *,
     entry, prefix, output_name = entry_point(model, tokenizer is not None)
     captured = capture(entry, data, prefix, output_name)
     report = CompileReport(params_before=captured.num_params(), params_after=captured.num_params())
-    run_passes(captured, tuple(steps), report, stats=collect_stats(captured, tuple(steps)))
+    run_passes(captured, tuple(steps), report)
     report.fidelity = fidelity(entry, captured.gm, data.heldout)
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     loaded = LoadedModel(model, tokenizer, None, max_pos)

@@ -1,24 +1,17 @@
-"""Calibration statistics, collected once and shared by every pass.
+"""Calibration statistics, taken on the graph as it stands when a step runs.
 
-Passes *request* what they need per linear layer before any pass runs; one run
-over the calibration batches then accumulates all of it, without storing
-activations (memory O(in^2) per layer for a Gram):
+Passes *request* observers (surgeon/observers.py) per linear layer, or block
+statistics per layer list; `collect` then runs the calibration batches through
+the graph once for everything requested and not yet collected. The driver
+starts a fresh `CalibrationStats` after any step that changed what later
+layers see (surgeon/driver.py), so a `factorize ... method svd_llm` after
+`prune layers` whitens with the Grams of the pruned model; consecutive steps
+that see the same graph share one pass over the data.
 
-- "gram":         sum of x x^T over real tokens of the layer's input (float64)
-- "abs_mean":     mean |x| per input channel (ASVD's activation scale)
-- "mean":         mean x per input channel (to centre the Gram into a covariance: EVA)
-- "fisher_rows":  per output row, the summed squared gradient of the weight
-                  (FWSVD's importance), see `fisher` below
-- "heldout_gram": the Gram on the held-out batches, to report each layer's
-                  output error on samples it was not calibrated on
-
-and per layer list (`request_blocks`), the hidden states at block boundaries
-h_0 (input of block 0), h_1 (output of block 0), ...: the token-mean cosine
-and angular distance arccos(cos)/pi between every pair (h_i, h_j) — what
-Block Influence (ShortGPT) and the angular distance of Gromov et al. need.
-
-Statistics describe the captured (original) graph: they are collected before
-the first pass rewrites anything.
+Block statistics are the hidden states at block boundaries h_0 (input of
+block 0), h_1 (output of block 0), ...: the token-mean cosine and angular
+distance arccos(cos)/pi between every pair (h_i, h_j), what Block Influence
+(ShortGPT) and the angular distance of Gromov et al. need.
 """
 
 from __future__ import annotations
@@ -32,33 +25,30 @@ from torch import fx
 
 from surgeon.capture import Captured
 from surgeon.corpus import Batch
-
-KINDS = ("gram", "abs_mean", "mean", "fisher_rows", "heldout_gram")
+from surgeon.observers import OBSERVERS
 
 
 @dataclass
 class LayerStats:
-    gram: torch.Tensor | None = None
-    abs_sum: torch.Tensor | None = None
-    x_sum: torch.Tensor | None = None
-    fisher_rows: torch.Tensor | None = None
-    heldout_gram: torch.Tensor | None = None
+    """One linear layer's accumulated observers; `stats[name]` is the finished value."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: int = 0
 
-    @property
-    def abs_mean(self) -> torch.Tensor | None:
-        return None if self.abs_sum is None else self.abs_sum / max(self.tokens, 1)
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return OBSERVERS[name].finish(self.sums[name], self.tokens)
 
-    @property
-    def mean(self) -> torch.Tensor | None:
-        return None if self.x_sum is None else self.x_sum / max(self.tokens, 1)
+    def __contains__(self, name: object) -> bool:
+        return name in self.sums
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     def covariance(self) -> torch.Tensor:
         """Sample covariance of the inputs, from the Gram and the mean (needs both)."""
-        assert self.gram is not None and self.x_sum is not None
         n = max(self.tokens, 2)
-        mu = self.x_sum / n
-        return (self.gram - n * torch.outer(mu, mu)) / (n - 1)
+        mu = self.sums["mean"] / n
+        return (self.sums["gram"] - n * torch.outer(mu, mu)) / (n - 1)
 
 
 @dataclass
@@ -96,19 +86,25 @@ class CalibrationStats:
     def request_blocks(self, layers: str) -> None:
         self.wanted_blocks.add(layers)
 
-    def request(self, path: str, *kinds: str) -> None:
-        unknown = set(kinds) - set(KINDS)
-        if unknown:
-            raise ValueError(f"unknown statistics {sorted(unknown)}")
-        self.wanted.setdefault(path, set()).update(kinds)
+    def request(self, path: str, *names: str) -> None:
+        for name in names:
+            if OBSERVERS[name].site == "blocks":
+                raise ValueError(f"{name!r} is requested per layer list (request_blocks)")
+        self.wanted.setdefault(path, set()).update(names)
 
     def __getitem__(self, path: str) -> LayerStats:
         return self.layers[path]
 
+    def pending(self) -> bool:
+        return any(self._todo().values()) or bool(self.wanted_blocks - set(self.blocks))
+
+    def _todo(self) -> dict[str, set[str]]:
+        have = {p: set(s.sums) for p, s in self.layers.items()}
+        return {p: k - have.get(p, set()) for p, k in self.wanted.items()}
+
     def collect(self, progress: Callable[[], None] | None = None) -> None:
         """One run over the data for everything requested and not yet collected."""
-        todo = {p: k - _have(self.layers.get(p)) for p, k in self.wanted.items()}
-        todo = {p: k for p, k in todo.items() if k}
+        todo = {p: k for p, k in self._todo().items() if k}
         lists = {name: _boundaries(self.captured, name)
                  for name in sorted(self.wanted_blocks - set(self.blocks))}
         if not todo and not lists:
@@ -117,54 +113,39 @@ class CalibrationStats:
             zeros = torch.zeros(len(nodes), len(nodes), dtype=torch.float64)
             self.blocks[name] = BlockStats(zeros, zeros.clone())
         sites = self.captured.linear_sites()
-        nodes = {n: p for p in todo for n in sites[p].nodes}
         for p in todo:
             self.layers.setdefault(p, LayerStats())
-        calib = {p: k & {"gram", "abs_mean", "mean"} for p, k in todo.items()}
-        fisher = [p for p, k in todo.items() if "fisher_rows" in k]
+        by_site = {site: {p: [o for o in OBSERVERS.on(site) if o.name in k]
+                          for p, k in todo.items()}
+                   for site in ("input", "heldout_input", "weight_grad")}
+        inputs = {n: p for p, obs in by_site["input"].items() if obs for n in sites[p].nodes}
+        grads = {p: sites[p].weight for p, obs in by_site["weight_grad"].items() if obs}
         outputs = {n: (name, i) for name, ns in lists.items() for i, n in enumerate(ns)}
         for batch in self.captured.data.calibration:
             states: dict[tuple[str, int], torch.Tensor] = {}
-            _record(self.captured.gm, batch, {n: p for n, p in nodes.items() if calib[p]},
-                    lambda p, x: self._add_inputs(p, x, calib[p]), outputs, states.__setitem__)
+            _record(self.captured.gm, batch, inputs,
+                    lambda p, x: self._observe(p, x, by_site["input"][p], count=True),
+                    outputs, states.__setitem__)
             for name, ns in lists.items():
                 _add_pairs(self.blocks[name], [states[(name, i)] for i in range(len(ns))])
-            if fisher:
-                _fisher(self.captured, batch, {p: sites[p].weight for p in fisher}, self.layers,
-                        seed=self.batches_seen)
+            if grads:
+                _gradients(self.captured, batch, grads, seed=self.batches_seen,
+                           sink=lambda p, g: self._observe(p, g, by_site["weight_grad"][p]))
             self.batches_seen += 1
             if progress:
                 progress()
-        held = {n: p for n, p in nodes.items() if "heldout_gram" in todo[p]}
+        held = {n: p for p, obs in by_site["heldout_input"].items() if obs
+                for n in sites[p].nodes}
         for batch in self.captured.data.heldout if held else []:
-            _record(self.captured.gm, batch, held, self._add_heldout)
+            _record(self.captured.gm, batch, held,
+                    lambda p, x: self._observe(p, x, by_site["heldout_input"][p]))
 
-    def _add_inputs(self, path: str, x: torch.Tensor, kinds: set[str]) -> None:
+    def _observe(self, path: str, x: torch.Tensor, observers: list, count: bool = False) -> None:
         s = self.layers[path]
-        if "gram" in kinds:
-            s.gram = _acc(s.gram, x.T @ x)
-        if "abs_mean" in kinds:
-            s.abs_sum = _acc(s.abs_sum, x.abs().sum(0))
-        if "mean" in kinds:
-            s.x_sum = _acc(s.x_sum, x.sum(0))
-        s.tokens += x.shape[0]
-
-    def _add_heldout(self, path: str, x: torch.Tensor) -> None:
-        s = self.layers[path]
-        s.heldout_gram = _acc(s.heldout_gram, x.T @ x)
-
-
-def _have(s: LayerStats | None) -> set[str]:
-    if s is None:
-        return set()
-    present = {"gram": s.gram, "abs_mean": s.abs_sum, "mean": s.x_sum,
-               "fisher_rows": s.fisher_rows,
-               "heldout_gram": s.heldout_gram}
-    return {k for k, v in present.items() if v is not None}
-
-
-def _acc(total: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
-    return add if total is None else total + add
+        for o in observers:
+            s.add(o.name, o.update(x))
+        if count:
+            s.tokens += x.shape[0]
 
 
 def _tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -219,9 +200,9 @@ def _add_pairs(stats: BlockStats, states: list[torch.Tensor]) -> None:
     stats.tokens += states[0].shape[0]
 
 
-def _fisher(captured: Captured, batch: Batch, weights: dict[str, str],
-            layers: dict[str, LayerStats], seed: int) -> None:
-    """Squared gradients of the weights under targets sampled around the model's output.
+def _gradients(captured: Captured, batch: Batch, weights: dict[str, str], seed: int,
+               sink: Callable[[str, torch.Tensor], None]) -> None:
+    """Weight gradients under targets sampled around the model's output.
 
     For a model without a task head the natural loss is the reconstruction of the
     original output, but its gradient is exactly zero at the original weights. We
@@ -244,8 +225,7 @@ def _fisher(captured: Captured, batch: Batch, weights: dict[str, str],
                 eps = eps * batch.mask.unsqueeze(-1).to(y.dtype)
             (y * eps).sum().backward()
         for p, t in params.items():
-            rows = t.grad.double().pow(2).sum(1)
-            layers[p].fisher_rows = _acc(layers[p].fisher_rows, rows)
+            sink(p, t.grad)
     finally:
         for p, t in params.items():
             t.grad = None

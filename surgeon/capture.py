@@ -20,10 +20,10 @@ from torch.export import Dim, ExportedProgram
 
 from surgeon.corpus import CalibrationData
 from surgeon.diagnostics import UserError
+from surgeon.rewrite import FACTOR_META, LINEAR, finish
 
-LINEAR = torch.ops.aten.linear.default
 TEXT_PREFIX = "model."
-FACTOR_META = "surgeon_factor"  # marks linears a pass created (not dense Linear sites)
+_LOCAL_META = ("stack_trace", "from_node")
 
 
 class TextEncoder(nn.Module):
@@ -68,7 +68,15 @@ class Captured:
         return linear_sites(self.gm, self.prefix)
 
     def reexport(self) -> ExportedProgram:
-        return export(self.gm, self.data.example, self.dynamic_shapes())
+        """The graph as it stands, exported again for the emitters: without the records
+        that would make artifacts depend on where things live (stack traces name source
+        files by absolute path, provenance records hold memory addresses), so the same
+        spec and seed give the same bytes on any machine."""
+        ep = export(self.gm, self.data.example, self.dynamic_shapes())
+        for node in ep.graph.nodes:
+            for key in _LOCAL_META:
+                node.meta.pop(key, None)
+        return ep
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.gm.parameters())
@@ -118,8 +126,6 @@ def capture(entry: nn.Module, data: CalibrationData, prefix: str, output_name: s
         gm.__dict__.pop(name, None)
     gm.eval()
     _own_parameters(gm)
-    from surgeon.rewrite import finish  # rewrite imports capture's constants
-
     # Drop what the exported output does not depend on (BERT's pooler when the entry
     # returns last_hidden_state) now, so no pass is credited with removing it.
     finish(gm)

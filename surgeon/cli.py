@@ -1,7 +1,9 @@
-"""surgeon command line: check | plan | graph | compile | schema.
+"""surgeon command line: check | plan | graph | compile | schema | methods.
 
 Exit codes: 0 ok, 1 internal error (a pass broke), 2 bad input, 3 verify failed.
 Every command takes --json and then prints exactly one JSON object on stdout.
+check, schema and methods import no torch, transformers or onnx (they answer
+at once); the commands that load a model import them when they run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.tree import Tree
 
 from surgeon.diagnostics import EXIT_USER, PassError, SpecError, UserError, VerifyError
 
@@ -39,13 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(c)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(sub.add_parser("schema", help="JSON schema of the spec IR"), spec=False)
+    _add_common(sub.add_parser("methods", help="the method catalogues, with their papers"),
+                spec=False)
     return ap
 
 
 def _load(path: str):
-    from surgeon.ir import Spec
+    from surgeon.parse import load_spec
 
-    return Spec.load(path)
+    return load_spec(path)
 
 
 def cmd_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,6 +79,8 @@ def cmd_graph(args: argparse.Namespace) -> dict[str, Any]:
     rows = [{"path": s.path, "out_features": s.out_features, "in_features": s.in_features,
              "bias": s.bias, "params": s.params} for s in sites.values()]
     if not args.json:
+        from rich.tree import Tree
+
         tree = Tree(f"[bold]{spec.model.to_text()}[/] ({captured.num_params():,} params, "
                     f"{len(rows)} linear layers)")
         nodes: dict[str, Tree] = {}
@@ -112,6 +117,24 @@ def cmd_schema(args: argparse.Namespace) -> dict[str, Any]:
     return schema
 
 
+def cmd_methods(args: argparse.Namespace) -> dict[str, Any]:
+    from surgeon.methods import FAMILIES
+
+    out = {name: [m.describe() for m in c] for name, c in FAMILIES.items()}
+    if not args.json:
+        from rich.table import Table
+
+        for name, c in FAMILIES.items():
+            t = Table(title=f"{name} ({c.what}s)", title_justify="left")
+            for col in ("name", "computes", "needs", "paper"):
+                t.add_column(col)
+            for m in c:
+                t.add_row(m.name, m.summary, ", ".join(m.needs) or "-",
+                          m.paper.cite() if m.paper else "-")
+            _console.print(t)
+    return out
+
+
 def _error_json(e: Exception, code: int) -> dict[str, Any]:
     err: dict[str, Any] = {"type": type(e).__name__, "message": getattr(e, "message", str(e))}
     if isinstance(e, SpecError):
@@ -126,7 +149,8 @@ def _error_json(e: Exception, code: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"check": cmd_check, "plan": cmd_plan, "graph": cmd_graph,
-               "compile": cmd_compile, "schema": cmd_schema}[args.command]
+               "compile": cmd_compile, "schema": cmd_schema,
+               "methods": cmd_methods}[args.command]
     try:
         out = handler(args)
     except (UserError, VerifyError, PassError) as e:

@@ -1,5 +1,7 @@
 """The compiler driver: spec -> model -> graph -> passes -> verify -> artifacts.
 
+`plan` and `compile` run the same code: the passes in order, each on the graph
+the steps before it produced, with calibration statistics taken on that graph.
 Artifacts are written only after `verify` passes, so a failed compile leaves
 no output behind.
 """
@@ -7,22 +9,21 @@ no output behind.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import fx, nn
 
+import surgeon.emit  # noqa: F401 - registers the emitters
+import surgeon.passes  # noqa: F401 - registers the passes
 from surgeon import atomic, ir
 from surgeon.calibration import CalibrationStats
 from surgeon.capture import Captured, capture, entry_point
 from surgeon.corpus import calibration_data
 from surgeon.diagnostics import PassError, UserError
-from surgeon.emit.checkpoint import save_checkpoint
-from surgeon.emit.hf import save_hf
-from surgeon.emit.onnx import export_onnx
-from surgeon.emit.peft import save_adapters
-from surgeon.emit.report_dir import write_report
-from surgeon.progress import Advance, bar
+from surgeon.emit.registry import EmitContext, emitter_for
+from surgeon.progress import Progress, bar
 from surgeon.registry import PassContext, pass_for
 from surgeon.report import ArtifactReport, CompileReport, StepReport
 from surgeon.sources import LoadedModel, load_model
@@ -39,15 +40,15 @@ class CompileResult:
 
     def apply(self, steps: Any) -> CompileResult:
         """More IR steps on the compiled graph (e.g. `fold` after fine-tuning adapters)."""
-        steps = tuple(steps)
-        run_passes(self.captured, steps, self.report, stats=collect_stats(self.captured, steps))
+        run_passes(self.captured, tuple(steps), self.report)
         return self
 
     def write(self, outputs: Any) -> list[ArtifactReport]:
         """Write artifacts (ExportOnnx, Save, SaveHF, SaveAdapters, Report) of the graph now."""
         spec = self.spec or ir.Spec(model=ir.ModelSource(source="python", ref="api:model"))
+        ctx = EmitContext(self.captured, spec, self.loaded, self.report)
         with atomic.transaction():  # all outputs land, or none
-            written = [emit(o, self.captured, spec, self.loaded, self.report) for o in outputs]
+            written = [emitter_for(o).write(ctx, o) for o in outputs]
         self.report.artifacts += written
         return written
 
@@ -58,41 +59,48 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
     check_outputs(spec)
     loaded = loaded or load_model(spec.model, trust_code)
     reference, captured = capture_spec(spec, loaded)
-    batches = len(captured.data.calibration)
-    with bar(batches + 2 + len(spec.steps) + len(spec.outputs), progress) as advance:
+    with bar(2 + len(spec.steps) + len(spec.outputs), progress) as advance:
         report = CompileReport(spec=spec.to_text(), params_before=captured.num_params(),
                                params_after=captured.num_params())
-        t1 = time.perf_counter()
-        stats = collect_stats(captured, spec.steps, lambda: advance("calibration statistics"))
-        report.seconds["calibration"] = time.perf_counter() - t1
-        run_passes(captured, spec.steps, report, advance, stats)
+        run_passes(captured, spec.steps, report, advance)
         advance("verify on held-out inputs")
         report.fidelity = fidelity(reference, captured.gm, captured.data.heldout)
         report.verify = check(spec.checks, report.fidelity)
+        ctx = EmitContext(captured, spec, loaded, report)
         with atomic.transaction():  # all outputs land, or none
             for out in spec.outputs:
                 advance(f"write {out.path}")
-                report.artifacts.append(emit(out, captured, spec, loaded, report))
+                report.artifacts.append(emitter_for(out).write(ctx, out))
         advance("done")
     report.seconds["total"] = time.perf_counter() - t0
     return CompileResult(captured.gm, report, captured, spec, loaded)
 
 
 def check_outputs(spec: ir.Spec) -> None:
-    """What the spec alone shows an output cannot do, refused before any work is done."""
-    if not any(isinstance(o, ir.SaveHF) for o in spec.outputs):
-        return
-    open_adapters = False
+    """What the passes declare they do, against what each output needs; before any work."""
+    changed: ir.Step | None = None  # the last step that left the architecture changed
+    adapters: ir.Step | None = None  # the step whose adapters are still open
     for step in spec.steps:
-        if isinstance(step, ir.Factorize):
-            raise UserError("save hf needs architecture-preserving steps; factorize changes "
-                            "the architecture", "use save or export onnx for factorized models")
-        if isinstance(step, ir.Adapter | ir.AdapterLoad):
-            open_adapters = True
-        elif isinstance(step, ir.Fold):
-            open_adapters = False
-    if open_adapters:
-        raise UserError("save hf cannot hold unfolded adapters", "add 'fold' before the outputs")
+        p = pass_for(step)
+        if p.adapters == "add":
+            adapters = step
+        elif p.adapters == "fold":
+            adapters = None
+        elif not p.preserves_architecture:
+            changed = step
+    for out in spec.outputs:
+        needs = emitter_for(out)
+        what = out.keyword
+        if needs.needs_architecture and changed is not None:
+            raise UserError(f"{what} needs architecture-preserving steps; {changed.keyword} "
+                            "changes the architecture",
+                            "use save or export onnx for such models")
+        if needs.needs_architecture and adapters is not None:
+            raise UserError(f"{what} cannot hold unfolded adapters",
+                            "add 'fold' before the outputs")
+        if needs.needs_adapters and adapters is None:
+            raise UserError(f"{what}: the compiled model has no adapters (is there an "
+                            "'adapter' step, and no 'fold' after it?)")
 
 
 def capture_spec(spec: ir.Spec, loaded: LoadedModel) -> tuple[nn.Module, Captured]:
@@ -107,26 +115,46 @@ def _fingerprint(gm: fx.GraphModule) -> tuple[str, tuple[tuple[str, int], ...]]:
     return str(gm.graph), tuple((n, id(p)) for n, p in gm.named_parameters())
 
 
-def collect_stats(captured: Captured, steps: tuple[Any, ...],
-                  progress: Any = None) -> CalibrationStats:
-    """Ask every pass what it needs, then run over the calibration data once."""
-    stats = CalibrationStats(captured)
+def statistics_for(captured: Captured, steps: Sequence[Any], advance: Progress | None = None,
+                   stats: CalibrationStats | None = None) -> tuple[CalibrationStats, int]:
+    """Statistics for steps[0] and the steps after it that see the same graph (up to the
+    first that may invalidate statistics), collected in one pass over the calibration
+    data; added to `stats` when the graph is still the one it describes. Returns them and
+    how many of the steps they serve."""
+    stats = stats or CalibrationStats(captured)
     ctx = PassContext(captured, stats)
+    served = 0
     for step in steps:
         p = pass_for(step)
-        if hasattr(p, "requires"):
-            p.requires(ctx, step)
-    stats.collect(progress)
-    return stats
+        p.requires(ctx, step)
+        served += 1
+        if p.invalidates_statistics:
+            break
+    if stats.pending():
+        batches = len(captured.data.calibration)
+        if advance:
+            advance.extend(batches)
+        line = steps[0].span.line if steps[0].span else None
+        what = f"statistics (line {line})" if line else "statistics"
+        stats.collect((lambda: advance(what)) if advance else None)
+    return stats, served
 
 
 def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport,
-               advance: Advance | None = None, stats: CalibrationStats | None = None) -> None:
+               advance: Progress | None = None) -> None:
     """Run each step's pass, lint the graph after it, and record what changed."""
     done: list[str] = []
-    for step in steps:
+    stats: CalibrationStats | None = None
+    served = 0  # steps[:served] have had their statistics requested of `stats`
+    for i, step in enumerate(steps):
         p = pass_for(step)
         line = step.span.line if step.span else None
+        t0 = time.perf_counter()
+        if stats is None or i >= served:  # fresh, or the graph survived an invalidating step
+            stats, n = statistics_for(captured, steps[i:], advance, stats)
+            served = i + n
+            report.seconds["calibration"] = report.seconds.get("calibration", 0.0) + \
+                time.perf_counter() - t0
         before, nodes = captured.num_params(), len(captured.gm.graph.nodes)
         mark, t0 = _fingerprint(captured.gm), time.perf_counter()
         ctx = PassContext(captured, stats)
@@ -142,6 +170,8 @@ def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport
             raise PassError(p.name, done, line, AssertionError(
                 f"pass reported modified={result.modified} but the graph "
                 f"{'changed' if changed else 'did not change'}"))
+        if changed and p.invalidates_statistics:
+            stats = None  # later steps see other inputs: take their statistics afresh
         after = captured.num_params()
         report.steps.append(StepReport(
             kind=step.kind, line=line, targets=[lp.path for lp in result.layers],
@@ -155,34 +185,19 @@ def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport
             advance(f"{p.name} (line {line})" if line else p.name)
 
 
-def emit(out: Any, captured: Captured, spec: ir.Spec, loaded: LoadedModel,
-         report: CompileReport) -> ArtifactReport:
-    if isinstance(out, ir.ExportOnnx):
-        return export_onnx(captured, out)
-    if isinstance(out, ir.Save):
-        return save_checkpoint(captured, out, spec.to_text(), loaded.tokenizer)
-    if isinstance(out, ir.SaveHF):
-        return save_hf(captured, out, loaded)
-    if isinstance(out, ir.SaveAdapters):
-        return save_adapters(captured, out)
-    if isinstance(out, ir.Report):
-        return write_report(report, out)
-    raise TypeError(f"no emitter for {type(out).__name__}")
-
-
 def plan_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *,
               trust_code: bool = False) -> dict[str, Any]:
     """Dry run: what each step does, layer by layer; nothing is verified or written.
 
-    The passes run in memory, in order, as compile runs them, so each step is
-    planned against the model the steps before it produced (a `fold` sees the
-    adapters, a `factorize` after `prune layers` only the blocks that stay).
+    The passes run in memory, in order, exactly as compile runs them (run_passes),
+    so each step is planned against the model the steps before it produced.
     """
+    check_outputs(spec)
     loaded = loaded or load_model(spec.model, trust_code)
     _, captured = capture_spec(spec, loaded)
     before = captured.num_params()
     report = CompileReport(spec=spec.to_text(), params_before=before, params_after=before)
-    run_passes(captured, spec.steps, report, stats=collect_stats(captured, spec.steps))
+    run_passes(captured, spec.steps, report)
     steps = [{
         "kind": step.kind, "line": done.line, "text": step.to_text(), "targets": done.targets,
         "layers": [lp.model_dump() for lp in done.layers], "params_delta": done.params_delta,

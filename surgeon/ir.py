@@ -1,10 +1,17 @@
 """The IR: frozen pydantic models, one per spec statement, discriminated by `kind`.
 
-The parser builds these directly; YAML and JSON specs validate into the same
-models. Validators raise ValueError so the parser can report the statement's
-file:line:col. Source spans ride along on every node but are excluded from
-dumps and from equality: two specs are equal when they ask for the same thing.
-`Spec.to_text()` prints canonical spec text that re-parses to an equal Spec.
+Each statement is declared once, here: its fields (type, default, description,
+validation) and how each is written in spec text (surgeon/syntax.py markers),
+so the parser builds every node generically, `to_text()` prints canonical spec
+text that re-parses to an equal node, and docs/language.md is generated from
+these declarations (surgeon/docgen.py). Method names are checked against the
+catalogues (surgeon/methods/). YAML and JSON specs validate into the same
+models. Validators raise ValueError (or NodeError, naming the statement at
+fault) so the parser can report file:line:col. Source spans ride along on
+every node but are excluded from dumps and from equality.
+
+A new pass statement is a `Step` subclass below (kinds register themselves;
+a kind declared twice is refused) plus its pass file in passes/.
 """
 
 from __future__ import annotations
@@ -12,10 +19,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,16 +31,20 @@ from pydantic import (
     model_validator,
 )
 
-from surgeon.diagnostics import UserError, hint_for
+from surgeon import syntax
+from surgeon.diagnostics import hint_for
+from surgeon.methods import adapter as adapter_methods
+from surgeon.methods import factorize as factorize_methods
+from surgeon.methods import prune as prune_methods
+from surgeon.methods import verify as verify_metrics
+from surgeon.syntax import Arg, Choice, Option
+from surgeon.targets import check_glob
 
 EMBEDDED_MODELS = ("minilm",)
-FACTORIZE_METHODS = ("svd", "asvd", "svd_llm", "fwsvd")
-PRUNE_METHODS = ("block_influence", "angular", "last", "first")
-ADAPTER_METHODS = ("lora", "dora")
-ADAPTER_INITS = ("zero", "gaussian", "pissa", "eva")
-VERIFY_METRICS = {"cosine": ">=", "embedding_cosine": ">=", "rel_error": "<="}
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 MIN_OPSET, MAX_OPSET = 18, 23
+
+_KINDS: dict[str, type[Node]] = {}  # every declared kind, in declaration order
 
 
 class Span(BaseModel):
@@ -44,15 +55,60 @@ class Span(BaseModel):
     end_column: int
 
 
+class NodeError(ValueError):
+    """A validation error about one statement of a spec (the parser points at it)."""
+
+    def __init__(self, message: str, node: Node):
+        super().__init__(message)
+        self.node = node
+
+
 class Node(BaseModel):
+    """A spec statement or part of one. `keyword` is its leading spec text."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+    keyword: ClassVar[str] = ""
     span: Span | None = Field(default=None, exclude=True, repr=False)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        kind = cls.model_fields.get("kind")
+        if kind is None or not isinstance(kind.default, str):
+            return  # an abstract base
+        if kind.default in _KINDS:
+            raise TypeError(f"IR kind {kind.default!r} is declared twice "
+                            f"({_KINDS[kind.default].__name__}, {cls.__name__})")
+        _KINDS[kind.default] = cls
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.model_dump() == other.model_dump()  # type: ignore[union-attr]
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
+
+    def to_text(self) -> str:
+        """Canonical spec text, from the fields' syntax markers."""
+        words = [self.keyword] if self.keyword else []
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            mark = syntax.marker(info.metadata)
+            if isinstance(value, Node):
+                words.append(value.to_text())
+            elif value is None or mark is None:
+                continue
+            elif isinstance(mark, Arg):
+                words.append(_fmt(value, mark.quoted) + mark.suffix)
+            elif isinstance(mark, Choice):
+                if value != info.default:
+                    words.append(value)
+            elif not (mark.omit_default and value == info.default):
+                words += [(mark.keywords or (name,))[0], _fmt(value, mark.quoted)]
+        return " ".join(words)
+
+
+def node_class(kind: str) -> type[Node] | None:
+    return _KINDS.get(kind)
 
 
 def _num(x: float | int) -> str:
@@ -62,21 +118,40 @@ def _num(x: float | int) -> str:
     return repr(x)
 
 
-def _str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False)
+def _fmt(value: Any, quoted: bool) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False) if quoted else value
+    return _num(value)
 
 
-def _unknown(what: str, value: str, known: tuple[str, ...] | list[str]) -> ValueError:
-    hint = hint_for(value, known)
-    msg = f"unknown {what} {value!r} (known: {', '.join(known)})"
-    return ValueError(msg + (f"; {hint}" if hint else ""))
+def _one_of(what: str, v: str, known: tuple[str, ...]) -> str:
+    if v in known:
+        return v
+    hint = hint_for(v, known)
+    raise ValueError(f"unknown {what} {v!r} (known: {', '.join(known)})"
+                     + (f"; {hint}" if hint else ""))
+
+
+def _check_target(v: str) -> str:
+    check_glob(v)
+    return v
+
+
+Target = Annotated[str, AfterValidator(_check_target), Arg()]
 
 
 # ---------------------------------------------------------------- model + inputs
 class ModelSource(Node):
+    """Where the model comes from: the embedded model, a local transformers
+    directory (safetensors only), or a Python factory (needs --trust-code)."""
+
     kind: Literal["model"] = "model"
-    source: Literal["embedded", "hf", "python"]
-    ref: str
+    keyword: ClassVar[str] = "model"
+    source: Annotated[Literal["embedded", "hf", "python"], Choice()] = Field(
+        "embedded", description="embedded (no keyword), hf (a local directory) or python "
+                                "(a 'package.module:factory' reference)")
+    ref: Annotated[str, Arg()] = Field(description="the embedded model's name, the directory, "
+                                                   "or the factory")
 
     @field_validator("ref")
     @classmethod
@@ -84,29 +159,28 @@ class ModelSource(Node):
         source = info.data.get("source")
         if not v:
             raise ValueError("model reference is empty")
-        if source == "embedded" and v not in EMBEDDED_MODELS:
-            raise _unknown("embedded model", v, EMBEDDED_MODELS)
+        if source == "embedded":
+            _one_of("embedded model", v, EMBEDDED_MODELS)
         if source == "python" and ":" not in v:
             raise ValueError(f"python model {v!r} must be 'package.module:factory'")
         return v
 
-    def to_text(self) -> str:
-        prefix = {"embedded": "model", "hf": "model hf", "python": "model python"}[self.source]
-        return f"{prefix} {_str(self.ref)}"
-
 
 class InputSig(Node):
+    """The input signature of a model without a tokenizer: `input "x" float32[batch, 16]`.
+    Named dimensions are dynamic (batch gets the batch size, others seqlen)."""
+
     kind: Literal["input"] = "input"
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
+    keyword: ClassVar[str] = "input"
+    name: Annotated[str, Arg()] = Field(description="the forward argument's name")
+    dtype: Annotated[str, Arg(quoted=False)] = Field(description=f"one of {', '.join(DTYPES)}")
+    shape: Annotated[tuple[int | str, ...], Arg(quoted=False)] = Field(
+        description="dimensions: a size >= 1, or a name for a dynamic axis")
 
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, v: str) -> str:
-        if v not in DTYPES:
-            raise _unknown("dtype", v, DTYPES)
-        return v
+        return _one_of("dtype", v, DTYPES)
 
     @field_validator("shape")
     @classmethod
@@ -117,19 +191,34 @@ class InputSig(Node):
 
     def to_text(self) -> str:
         dims = ", ".join(str(d) for d in self.shape)
-        return f"input {_str(self.name)} {self.dtype}[{dims}]"
+        return f"input {_fmt(self.name, True)} {self.dtype}[{dims}]"
 
 
 _CALIBRATE_RANGES = {"samples": (1, 100_000), "seqlen": (2, 8192), "seed": (0, 2**63 - 1)}
 
 
 class Calibrate(Node):
+    """Calibration data: `text "file"`, `text builtin` or `random` inputs. Held-out
+    samples for `verify` are set apart and never calibrate."""
+
     kind: Literal["calibrate"] = "calibrate"
-    corpus: Literal["builtin", "file", "random"] = "builtin"
-    path: str | None = None
-    samples: int = 64
-    seqlen: int = 128
-    seed: int = 0
+    keyword: ClassVar[str] = "calibrate"
+    corpus: Annotated[Literal["builtin", "file", "random"], Choice()] = Field(
+        "builtin", description="the built-in corpus, a text file (one sample per line) or "
+                               "random inputs from the declared signature")
+    path: Annotated[str | None, Option(("text",), quoted=True)] = Field(
+        None, description="the text file (corpus file)")
+    samples: Annotated[int, Option()] = Field(64, description="calibration samples")
+    seqlen: Annotated[int, Option()] = Field(128, description="tokens per sample, at most")
+    seed: Annotated[int, Option()] = Field(0, description="shuffles the text and seeds "
+                                                          "random draws")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_when_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path") is not None and "corpus" not in data:
+            return {**data, "corpus": "file"}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Calibrate:
@@ -147,14 +236,17 @@ class Calibrate(Node):
 
     def to_text(self) -> str:
         corpus = {"builtin": "text builtin", "random": "random"}.get(self.corpus)
-        corpus = corpus or f"text {_str(self.path or '')}"
+        corpus = corpus or f"text {_fmt(self.path or '', True)}"
         return f"calibrate {corpus} samples {self.samples} seqlen {self.seqlen} seed {self.seed}"
 
 
-# ---------------------------------------------------------------- factorize
+# ---------------------------------------------------------------- rank choices
 class Rank(Node):
+    """Every matched layer gets rank N."""
+
     kind: Literal["rank"] = "rank"
-    value: int
+    keyword: ClassVar[str] = "rank"
+    value: Annotated[int, Arg(quoted=False)] = Field(description="the rank, >= 1")
 
     @field_validator("value")
     @classmethod
@@ -163,15 +255,12 @@ class Rank(Node):
             raise ValueError(f"rank must be >= 1, got {v}")
         return v
 
-    def to_text(self) -> str:
-        return f"rank {self.value}"
-
 
 class _Percent(Node):
     """A share of parameters in (0, 100); spec text `<keyword> P%`."""
 
-    keyword: ClassVar[str]
-    percent: float
+    percent: Annotated[float, Arg(quoted=False, suffix="%")] = Field(
+        description="percent of the weights kept, in (0, 100)")
 
     @field_validator("percent")
     @classmethod
@@ -180,9 +269,6 @@ class _Percent(Node):
             raise ValueError(f"{cls.keyword} must be between 0% and 100% (exclusive), "
                              f"got {_num(v)}%")
         return v
-
-    def to_text(self) -> str:
-        return f"{self.keyword} {_num(self.percent)}%"
 
 
 class ParamsFraction(_Percent):
@@ -193,8 +279,12 @@ class ParamsFraction(_Percent):
 
 
 class Energy(Node):
+    """Each layer keeps the smallest rank holding this fraction of its spectral energy."""
+
     kind: Literal["energy"] = "energy"
-    fraction: float
+    keyword: ClassVar[str] = "energy"
+    fraction: Annotated[float, Arg(quoted=False)] = Field(
+        description="fraction of sigma^2 kept, in (0, 1]")
 
     @field_validator("fraction")
     @classmethod
@@ -203,12 +293,10 @@ class Energy(Node):
             raise ValueError(f"energy is a fraction of spectral energy in (0, 1], got {_num(v)}")
         return v
 
-    def to_text(self) -> str:
-        return f"energy {_num(self.fraction)}"
-
 
 class Budget(_Percent):
-    """A global parameter budget over every layer the target matches (SVD-LLM v2 style)."""
+    """One parameter budget over every matched layer, spread across depth by
+    truncation loss per parameter (SVD-LLM v2 style)."""
 
     kind: Literal["budget"] = "budget"
     keyword: ClassVar[str] = "budget"
@@ -217,27 +305,23 @@ class Budget(_Percent):
 RankSpec = Annotated[Rank | ParamsFraction | Energy | Budget, Field(discriminator="kind")]
 
 
-class Factorize(Node):
+# ---------------------------------------------------------------- passes
+class Step(Node):
+    """A pass statement; each subclass has one pass in passes/."""
+
+
+class Factorize(Step):
+    """Replace each matched linear by two thinner ones (rank-k factors of its weight)."""
+
     kind: Literal["factorize"] = "factorize"
-    target: str
-    rank: RankSpec
-    method: str = "svd"
-    alpha: float | None = None  # asvd's activation-scaling exponent (default 0.5)
+    keyword: ClassVar[str] = "factorize"
+    target: Target = Field(description="glob over linear layers' module paths")
+    rank: RankSpec = Field(description="rank N, params P%, energy E or budget P%")
+    method: Annotated[factorize_methods.METHODS.name_field, Option()] = Field(
+        "svd", description="how W is approximated (a factorize method)")
+    alpha: Annotated[float | None, Option()] = Field(
+        None, description="asvd's activation-scaling exponent, in [0, 4] (default 0.5)")
 
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: str) -> str:
-        from surgeon.targets import check_glob
-
-        check_glob(v)
-        return v
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in FACTORIZE_METHODS:
-            raise _unknown("factorize method", v, FACTORIZE_METHODS)
-        return v
 
     @field_validator("alpha")
     @classmethod
@@ -250,21 +334,22 @@ class Factorize(Node):
             raise ValueError(f"alpha must be between 0 and 4, got {_num(v)}")
         return v
 
-    def to_text(self) -> str:
-        alpha = f" alpha {_num(self.alpha)}" if self.alpha is not None else ""
-        return f"factorize {_str(self.target)} {self.rank.to_text()} method {self.method}{alpha}"
 
-
-# ---------------------------------------------------------------- prune layers
-class PruneLayers(Node):
+class PruneLayers(Step):
     """Drop whole blocks of a layer list: `remove N`, `keep N` or `where influence < t`."""
 
     kind: Literal["prune_layers"] = "prune_layers"
-    layers: str  # module path of the layer list, e.g. encoder.layer
-    mode: Literal["remove", "keep", "where"]
-    count: int | None = None
-    threshold: float | None = None
-    by: str = "block_influence"
+    keyword: ClassVar[str] = "prune layers"
+    layers: Annotated[str, Arg()] = Field(
+        description="module path of the layer list, e.g. encoder.layer")
+    mode: Annotated[Literal["remove", "keep", "where"], Choice()] = Field(
+        description="remove N blocks, keep N blocks, or remove those scoring below a threshold")
+    count: Annotated[int | None, Option(("remove", "keep"))] = Field(
+        None, description="how many blocks to remove or keep")
+    threshold: Annotated[float | None, Option(("where",))] = Field(
+        None, description="remove blocks whose score is below this")
+    by: Annotated[prune_methods.SCORERS.name_field, Option()] = Field(
+        "block_influence", description="which blocks go (a layer-pruning method)")
 
     @field_validator("layers")
     @classmethod
@@ -273,31 +358,23 @@ class PruneLayers(Node):
             raise ValueError(f"prune layers takes a module path (like encoder.layer), got {v!r}")
         return v
 
-    @field_validator("by")
-    @classmethod
-    def _by(cls, v: str) -> str:
-        if v not in PRUNE_METHODS:
-            raise _unknown("layer-pruning method", v, PRUNE_METHODS)
-        return v
-
     @model_validator(mode="after")
     def _check(self) -> PruneLayers:
         if (self.mode == "where") != (self.threshold is not None):
             raise ValueError("'where influence < t' needs a threshold, and only it")
         if self.mode != "where" and (self.count is None or self.count < 0):
             raise ValueError(f"{self.mode} takes a layer count >= 0")
-        if self.mode == "where" and self.by in ("last", "first"):
+        if self.mode == "where" and not prune_methods.SCORERS[self.by].extra["scores"]:
             raise ValueError(f"'where influence < t' needs scores; '{self.by}' has none")
         return self
 
     def to_text(self) -> str:
-        amount = (f"where influence < {_num(self.threshold)}" if self.mode == "where"
+        amount = (f"where influence < {_num(self.threshold or 0)}" if self.mode == "where"
                   else f"{self.mode} {self.count}")
-        return f"prune layers {_str(self.layers)} {amount} by {self.by}"
+        return f"prune layers {_fmt(self.layers, True)} {amount} by {self.by}"
 
 
-# ---------------------------------------------------------------- adapters
-class Adapter(Node):
+class Adapter(Step):
     """Insert a trainable low-rank adapter beside each matched linear (base frozen).
 
     method dora adds DoRA's magnitude vector; rho > 1 (init eva only) lets EVA
@@ -305,28 +382,20 @@ class Adapter(Node):
     """
 
     kind: Literal["adapter"] = "adapter"
-    method: str = "lora"
-    target: str
-    rank: int
-    alpha: float
-    dropout: float = 0.0
-    init: str = "zero"
-    rho: float = 1.0
+    keyword: ClassVar[str] = "adapter"
+    method: Annotated[adapter_methods.KINDS.name_field, Arg(quoted=False)] = Field(
+        "lora", description="what sits beside the linear (an adapter method)")
+    target: Target = Field(description="glob over linear layers' module paths")
+    rank: Annotated[int, Option()] = Field(description="the adapter rank r, >= 1")
+    alpha: Annotated[float, Option()] = Field(description="scaling numerator: the adapter "
+                                                          "output is scaled by alpha/r")
+    dropout: Annotated[float, Option()] = Field(0.0, description="dropout on the adapter's "
+                                                                 "input while training, [0, 1)")
+    init: Annotated[adapter_methods.INITS.name_field, Option()] = Field(
+        "zero", description="how A and B start (an adapter init)")
+    rho: Annotated[float, Option(omit_default=True)] = Field(
+        1.0, description="EVA only: a layer may take up to round(rank * rho)")
 
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in ADAPTER_METHODS:
-            raise _unknown("adapter method", v, ADAPTER_METHODS)
-        return v
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: str) -> str:
-        from surgeon.targets import check_glob
-
-        check_glob(v)
-        return v
 
     @field_validator("rank")
     @classmethod
@@ -349,13 +418,6 @@ class Adapter(Node):
             raise ValueError(f"dropout must be in [0, 1), got {_num(v)}")
         return v
 
-    @field_validator("init")
-    @classmethod
-    def _init(cls, v: str) -> str:
-        if v not in ADAPTER_INITS:
-            raise _unknown("adapter init", v, ADAPTER_INITS)
-        return v
-
     @field_validator("rho")
     @classmethod
     def _rho(cls, v: float) -> float:
@@ -369,49 +431,33 @@ class Adapter(Node):
             raise ValueError("rho redistributes EVA's ranks; it needs 'init eva'")
         return self
 
-    def to_text(self) -> str:
-        rho = f" rho {_num(self.rho)}" if self.init == "eva" else ""
-        return (f"adapter {self.method} {_str(self.target)} rank {self.rank} "
-                f"alpha {_num(self.alpha)} dropout {_num(self.dropout)} init {self.init}{rho}")
 
-
-class AdapterLoad(Node):
+class AdapterLoad(Step):
     """Insert the LoRA adapters of a PEFT directory (adapter_config.json + safetensors)."""
 
     kind: Literal["adapter_load"] = "adapter_load"
-    path: str
-
-    def to_text(self) -> str:
-        return f"adapter load {_str(self.path)}"
+    keyword: ClassVar[str] = "adapter load"
+    path: Annotated[str, Arg()] = Field(description="the PEFT adapter directory")
 
 
-class Fold(Node):
+class Fold(Step):
     """Merge every adapter into its base weight exactly (W + alpha/r * B A)."""
 
     kind: Literal["fold"] = "fold"
-
-    def to_text(self) -> str:
-        return "fold"
-
-
-Step = Annotated[Factorize | PruneLayers | Adapter | AdapterLoad | Fold,
-                 Field(discriminator="kind")]
-PASS_TYPES = (Factorize, PruneLayers, Adapter, AdapterLoad, Fold)
+    keyword: ClassVar[str] = "fold"
 
 
 # ---------------------------------------------------------------- checks + artifacts
 class Verify(Node):
-    kind: Literal["verify"] = "verify"
-    metric: str
-    op: Literal[">=", "<="]
-    threshold: float
+    """Fail the compile (exit 3) unless a fidelity metric on held-out inputs meets a bound."""
 
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v: str) -> str:
-        if v not in VERIFY_METRICS:
-            raise _unknown("verify metric", v, list(VERIFY_METRICS))
-        return v
+    kind: Literal["verify"] = "verify"
+    keyword: ClassVar[str] = "verify"
+    metric: Annotated[verify_metrics.METRICS.name_field, Arg(quoted=False)] = Field(
+        description="what is measured (a verify metric)")
+    op: Annotated[Literal[">=", "<="], Arg(quoted=False)] = Field(
+        description="the metric's bound: >= for similarities, <= for errors")
+    threshold: Annotated[float, Arg(quoted=False)] = Field(description="a finite number >= 0")
 
     @field_validator("threshold")
     @classmethod
@@ -424,21 +470,27 @@ class Verify(Node):
     @classmethod
     def _op(cls, v: str, info: ValidationInfo) -> str:
         metric = info.data.get("metric")
-        want = VERIFY_METRICS.get(metric or "", v)
+        want = verify_metrics.METRICS[metric].extra["bound"] if metric else v
         if v != want:
             raise ValueError(f"verify {metric} takes '{want}' (a lower bound), not '{v}'"
                              if want == ">=" else
                              f"verify {metric} takes '{want}' (an upper bound), not '{v}'")
         return v
 
-    def to_text(self) -> str:
-        return f"verify {self.metric} {self.op} {_num(self.threshold)}"
+
+class Output(Node):
+    """An artifact written to one path, once every check passed."""
+
+    path: Annotated[str, Arg()] = Field(description="where to write it")
 
 
-class ExportOnnx(Node):
+class ExportOnnx(Output):
+    """An ONNX model, checked by onnx.checker and against onnxruntime."""
+
     kind: Literal["export_onnx"] = "export_onnx"
-    path: str
-    opset: int = 18
+    keyword: ClassVar[str] = "export onnx"
+    opset: Annotated[int, Option()] = Field(18, description=f"ONNX opset, {MIN_OPSET} to "
+                                                            f"{MAX_OPSET}")
 
     @field_validator("opset")
     @classmethod
@@ -450,51 +502,39 @@ class ExportOnnx(Node):
             )
         return v
 
-    def to_text(self) -> str:
-        return f"export onnx {_str(self.path)} opset {self.opset}"
 
-
-class _PathOutput(Node):
-    """An output written to one path; its spec text is `<keyword> "<path>"`."""
-
-    keyword: ClassVar[str]
-    path: str
-
-    def to_text(self) -> str:
-        return f"{self.keyword} {_str(self.path)}"
-
-
-class Save(_PathOutput):
+class Save(Output):
     """A surgeon checkpoint directory that surgeon.load() runs without the spec."""
 
     kind: Literal["save"] = "save"
     keyword: ClassVar[str] = "save"
 
 
-class SaveHF(_PathOutput):
+class SaveHF(Output):
     """A transformers checkpoint (architecture-preserving steps only)."""
 
     kind: Literal["save_hf"] = "save_hf"
     keyword: ClassVar[str] = "save hf"
 
 
-class Report(_PathOutput):
-    """report.json (the --json report, without timings) and charts, in a directory."""
-
-    kind: Literal["report"] = "report"
-    keyword: ClassVar[str] = "report"
-
-
-class SaveAdapters(_PathOutput):
+class SaveAdapters(Output):
     """PEFT-format adapter files (adapter_config.json + adapter_model.safetensors)."""
 
     kind: Literal["save_adapters"] = "save_adapters"
     keyword: ClassVar[str] = "save adapters"
 
 
-Output = Annotated[ExportOnnx | Save | SaveHF | SaveAdapters | Report,
-                   Field(discriminator="kind")]
-OUTPUT_TYPES = (ExportOnnx, Save, SaveHF, SaveAdapters, Report)
+class Report(Output):
+    """report.json (the --json report, without timings) and charts, in a directory."""
+
+    kind: Literal["report"] = "report"
+    keyword: ClassVar[str] = "report"
+
+
+STEP_TYPES = tuple(c for c in _KINDS.values() if issubclass(c, Step))
+OUTPUT_TYPES = tuple(c for c in _KINDS.values() if issubclass(c, Output))
+AnyStep = Annotated[Union[STEP_TYPES], Field(discriminator="kind")]  # noqa: UP007
+AnyOutput = Annotated[Union[OUTPUT_TYPES], Field(discriminator="kind")]  # noqa: UP007
 
 
 class Spec(Node):
@@ -502,77 +542,37 @@ class Spec(Node):
     model: ModelSource
     inputs: tuple[InputSig, ...] = ()
     calibrate: Calibrate = Calibrate()
-    steps: tuple[Step, ...] = ()
+    steps: tuple[AnyStep, ...] = ()
     checks: tuple[Verify, ...] = ()
-    outputs: tuple[Output, ...] = ()
+    outputs: tuple[AnyOutput, ...] = ()
     source_file: str | None = Field(default=None, exclude=True, repr=False)
 
     @field_validator("outputs")
     @classmethod
-    def _distinct_outputs(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
-        paths = [os.path.normpath(o.path) for o in v]
-        dup = {p for p in paths if paths.count(p) > 1}
-        if dup:
-            raise ValueError(f"two outputs write the same path: {sorted(dup)}")
+    def _distinct_outputs(cls, v: tuple[Output, ...]) -> tuple[Output, ...]:
+        _distinct(v, lambda o: os.path.normpath(o.path), "two outputs write the same path {!r}")
         return v
 
     @field_validator("inputs")
     @classmethod
     def _distinct_inputs(cls, v: tuple[InputSig, ...]) -> tuple[InputSig, ...]:
-        names = [i.name for i in v]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"inputs declared twice: {sorted(dup)}")
+        _distinct(v, lambda i: i.name, "input {!r} is declared twice")
         return v
 
     def to_text(self) -> str:
         parts: list[Node] = [self.model, *self.inputs, self.calibrate, *self.steps]
         parts += [*self.checks, *self.outputs]
-        return "\n".join(p.to_text() for p in parts) + "\n"  # type: ignore[attr-defined]
+        return "\n".join(p.to_text() for p in parts) + "\n"
 
     def to_yaml(self) -> str:
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-    @classmethod
-    def parse(cls, text: str, file: str = "<spec>") -> Spec:
-        from surgeon.parse import parse_spec
 
-        return parse_spec(text, file)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Spec:
-        """Read a .surg, .yaml/.yml or .json spec; all three give the same IR."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise UserError(f"cannot read spec {str(path)!r}: {e.strerror}") from None
-        if path.suffix in (".yaml", ".yml", ".json"):
-            return _load_structured(text, path)
-        spec = cls.parse(text, str(path))
-        return spec.model_copy(update={"source_file": str(path)})
-
-
-def _load_structured(text: str, path: Path) -> Spec:
-    import yaml
-    from pydantic import ValidationError
-
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
-    try:
-        spec = Spec.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg, _, hint = str(first["msg"]).removeprefix("Value error, ").partition("; did you mean")
-        raise UserError(f"{path}: {loc}: {msg}",
-                        f"did you mean{hint}" if hint else None) from None
-    return spec.model_copy(update={"source_file": str(path)})
-
-
-def step_name(step: Node) -> str:
-    return getattr(step, "kind", type(step).__name__)
+def _distinct(nodes: tuple[Any, ...], key: Any, message: str) -> None:
+    seen: set[Any] = set()
+    for node in nodes:
+        if key(node) in seen:
+            raise NodeError(message.format(key(node)), node)
+        seen.add(key(node))

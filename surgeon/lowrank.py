@@ -1,4 +1,5 @@
-"""Low-rank approximation of a weight W (out x in) under four objectives.
+"""Low-rank approximation of a weight W (out x in) under the factorize methods
+(catalogue: surgeon/methods/factorize.py, with the papers).
 
 Each method picks row weights L and a right transform R, takes the SVD
 M = L W R = U S V^T, keeps rank k, and undoes the transform:
@@ -6,12 +7,6 @@ M = L W R = U S V^T, keeps rank k, and undoes the transform:
     W' = L^-1 (U_k S_k^1/2)(S_k^1/2 V_k^T) R^-1  = second @ first
 
 so the dropped sigma^2 of M are exactly the objective's truncation loss.
-
-- svd      L = I, R = I: min ||W - W'||_F (Eckart-Young).
-- asvd     R = diag(mean|x|^alpha): activation-aware scaling (Yuan et al., ASVD, 2023).
-- svd_llm  R = S with S S^T = X^T X (Cholesky of the input Gram): min ||(W - W')X^T||_F,
-           the layer's output error on calibration data (Wang et al., SVD-LLM, 2024).
-- fwsvd    L = diag(sqrt(Fisher row importance)) (Hsu et al., FWSVD, ICLR 2022).
 """
 
 from __future__ import annotations
@@ -22,7 +17,6 @@ import torch
 
 from surgeon.calibration import LayerStats
 
-NEEDS = {"svd": (), "asvd": ("abs_mean",), "svd_llm": ("gram",), "fwsvd": ("fisher_rows",)}
 ASVD_ALPHA = 0.5
 _FLOOR = 1e-12  # scales below this (dead channels / rows) would blow up their inverse
 
@@ -70,23 +64,39 @@ def whitening(gram: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 def decompose(method: str, weight: torch.Tensor, stats: LayerStats | None = None,
               alpha: float | None = None) -> Decomposition:
-    w = weight.detach().double()
-    row = col = chol = None
-    jitter = 0.0
-    if method == "asvd":
-        exponent = ASVD_ALPHA if alpha is None else alpha
-        col = stats.abs_mean.double().clamp_min(_FLOOR) ** exponent
-        w = w * col[None, :]
-    elif method == "svd_llm":
-        chol, jitter = whitening(stats.gram)
-        w = w @ chol
-    elif method == "fwsvd":
-        row = stats.fisher_rows.double().sqrt().clamp_min(_FLOOR)
-        w = row[:, None] * w
-    elif method != "svd":
-        raise ValueError(f"unknown factorize method {method!r}")
+    """The named catalogue method's decomposition of `weight` (float64)."""
+    from surgeon.methods.factorize import METHODS
+
+    return METHODS[method].function(weight.detach().double(), stats, alpha)
+
+
+def _svd(w: torch.Tensor, **transform: torch.Tensor | float | None) -> Decomposition:
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    return Decomposition(u, s, vh, row, col, chol, jitter)
+    return Decomposition(u, s, vh, **transform)  # type: ignore[arg-type]
+
+
+def svd(w: torch.Tensor, stats: LayerStats | None, alpha: float | None) -> Decomposition:
+    """L = I, R = I: min ||W - W'||_F (Eckart-Young)."""
+    return _svd(w)
+
+
+def asvd(w: torch.Tensor, stats: LayerStats | None, alpha: float | None) -> Decomposition:
+    """R = diag(mean|x|^alpha): activation-aware scaling."""
+    exponent = ASVD_ALPHA if alpha is None else alpha
+    col = stats["abs_mean"].double().clamp_min(_FLOOR) ** exponent
+    return _svd(w * col[None, :], col_scale=col)
+
+
+def svd_llm(w: torch.Tensor, stats: LayerStats | None, alpha: float | None) -> Decomposition:
+    """R = S with S S^T = X^T X: min ||(W - W')X^T||_F on the calibration inputs."""
+    chol, jitter = whitening(stats["gram"])
+    return _svd(w @ chol, chol=chol, jitter=jitter)
+
+
+def fwsvd(w: torch.Tensor, stats: LayerStats | None, alpha: float | None) -> Decomposition:
+    """L = diag(sqrt(Fisher row importance))."""
+    row = stats["fisher_rows"].double().sqrt().clamp_min(_FLOOR)
+    return _svd(row[:, None] * w, row_scale=row)
 
 
 def output_rel_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:

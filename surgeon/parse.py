@@ -1,5 +1,7 @@
-"""Spec text -> IR. The grammar lives in grammar/surgery.lark; one lark
-Transformer builds IR nodes directly, with a source span on each.
+"""Spec text -> IR. The grammar lives in grammar/surgery.lark; each statement rule
+is named after the `kind` of the IR node it builds, and the IR class's field
+markers (surgeon/syntax.py) say which field each token fills, so one generic
+builder serves every statement: a new step adds no code here.
 
 Every failure becomes a SpecError at file:line:col with a caret, and a
 "did you mean" when a word is close to a keyword the parser expected.
@@ -8,29 +10,38 @@ Every failure becomes a SpecError at file:line:col with a caret, and a
 from __future__ import annotations
 
 import json
-import os
-from functools import lru_cache
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
 from importlib.resources import files
-from typing import Any
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token
 from pydantic import ValidationError
 
-from surgeon import ir
-from surgeon.diagnostics import Location, SpecError, hint_for
+from surgeon import ir, syntax
+from surgeon.diagnostics import Location, SpecError, UserError, hint_for
 
 _PLACEHOLDERS = {"STRING": "a quoted string", "NUMBER": "a number", "NAME": "a name",
                  "CMP": "'>=' or '<='", "_NL": "end of line", "$END": "end of file"}
+_VALUES = frozenset({"STRING", "NUMBER", "NAME", "CMP"})  # every other token is a keyword
+_MAX_EXPONENT = 30  # integers past 1e30 are refused before int() builds them
 
 
-@lru_cache(maxsize=1)
-def parser() -> Lark:
+@cache
+def parser(strict: bool = False) -> Lark:
+    """The spec parser. basic lexer: a word is lexed whole and only then recognised as a
+    keyword, so "prunes" is reported as an unknown word rather than split into "prune" +
+    "s"; keep_all_tokens: keywords say which field the next value fills. strict (no
+    shift/reduce conflict, no terminal collision) is proven by a test; checking it again
+    on every start would cost `surgeon check` 0.15 s, and the tables are the same."""
     grammar = files("surgeon.grammar").joinpath("surgery.lark").read_text(encoding="utf-8")
-    # basic lexer: a word is lexed whole and only then recognised as a keyword, so
-    # "prunes" is reported as an unknown word rather than split into "prune" + "s"
-    return Lark(grammar, parser="lalr", lexer="basic", strict=True, propagate_positions=True,
-                maybe_placeholders=False)
+    return Lark(grammar, parser="lalr", lexer="basic", strict=strict, propagate_positions=True,
+                maybe_placeholders=False, keep_all_tokens=True)
 
 
 def _literal(term: str) -> str | None:
@@ -48,7 +59,7 @@ def keywords() -> set[str]:
 
 
 class _Located(ValueError):
-    """A ValueError that knows which token it is about."""
+    """A ValueError that knows which token (or statement span) it is about."""
 
     def __init__(self, message: str, token: Any):
         super().__init__(message)
@@ -60,16 +71,76 @@ def _span(meta: Any) -> ir.Span:
                    end_line=meta.end_line, end_column=meta.end_column)
 
 
-def _tok_span(tok: Token) -> ir.Span:
-    return ir.Span(line=tok.line, column=tok.column,
-                   end_line=tok.end_line or tok.line, end_column=tok.end_column or tok.column)
+# ---------------------------------------------------------------- declarations
+@dataclass(frozen=True)
+class _Syntax:
+    """Where the tokens of one statement go, read from its IR class's field markers."""
+
+    args: tuple[str, ...]
+    options: dict[str, str]  # keyword -> field
+    choices: dict[str, str]  # keyword that is itself the value -> field
+    nodes: dict[type, str]  # sub-node class -> field
 
 
-def _int(tok: Token, what: str) -> int:
+@cache
+def _syntax(cls: type[ir.Node]) -> _Syntax:
+    args: list[str] = []
+    options: dict[str, str] = {}
+    choices: dict[str, str] = {}
+    nodes: dict[type, str] = {}
+    for name, info in cls.model_fields.items():
+        mark = syntax.marker(info.metadata)
+        nodes.update(dict.fromkeys(_node_types(info.annotation), name))
+        if isinstance(mark, syntax.Arg):
+            args.append(name)
+        elif isinstance(mark, syntax.Option):
+            options.update(dict.fromkeys(mark.keywords or (name,), name))
+        elif isinstance(mark, syntax.Choice):
+            choices.update(dict.fromkeys(get_args(_strip(info.annotation)), name))
+    return _Syntax(tuple(args), options, choices, nodes)
+
+
+def _strip(annotation: Any) -> Any:
+    """The annotation without Optional: int | None -> int."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _node_types(annotation: Any) -> list[type]:
+    if isinstance(annotation, type) and issubclass(annotation, ir.Node):
+        return [annotation]
+    return [t for a in get_args(annotation) for t in _node_types(a)]
+
+
+# ---------------------------------------------------------------- values
+def _value(tok: Token, annotation: Any, field: str) -> Any:
+    """A value token as the field holds it (a tuple field: one element of it)."""
+    if tok.type == "STRING":
+        return _string(tok)
+    if tok.type != "NUMBER":
+        return str(tok)
+    base = _strip(annotation)
+    if base is int or get_origin(base) is tuple:
+        return _integer(tok, "a dimension" if get_origin(base) is tuple else field)
     value = float(tok)
-    if not value.is_integer():
+    if not math.isfinite(value):
+        raise _Located(f"{field} {tok} is out of range", tok)
+    return value
+
+
+def _integer(tok: Token, what: str) -> int:
+    """Exact: digits parse as themselves, never through a float; 2.0 and 1e3 are whole."""
+    text = str(tok)
+    if text.isdigit():
+        return int(text)
+    number = Decimal(text)
+    if number.adjusted() > _MAX_EXPONENT:
+        raise _Located(f"{what} {tok} is out of range", tok)
+    if number != number.to_integral_value():
         raise _Located(f"{what} must be a whole number, got {tok}", tok)
-    return int(value)
+    return int(number)
 
 
 def _string(tok: Token) -> str:
@@ -80,174 +151,91 @@ def _string(tok: Token) -> str:
                        "\\uXXXX); on Windows write paths with '/'", tok) from None
 
 
-def _options(opts: list[tuple[str, Any, Token]], fields: dict[str, Any],
-             tokens: dict[str, Token]) -> None:
-    """Fold `key value` options into fields, each at most once."""
-    for key, value, tok in opts:
-        if key in tokens:
-            raise _Located(f"'{key}' given twice", tok)
-        fields[key], tokens[key] = value, tok
+# ---------------------------------------------------------------- tree -> IR
+def _items(children: list[Any]) -> list[Any]:
+    """Tokens and built nodes in source order; line ends dropped."""
+    out = []
+    for c in children:
+        if isinstance(c, lark.Tree):
+            out += _items(c.children)
+        elif not (isinstance(c, Token) and c.type == "_NL"):
+            out.append(c)
+    return out
 
 
-def _build(cls: type[ir.Node], where: Any, tokens: dict[str, Token], **fields: Any) -> Any:
-    """Construct an IR node; a validation error points at the offending token."""
-    span = _span(where) if not isinstance(where, Token) else _tok_span(where)
+class ToIR(lark.Transformer):
+    """Parse tree -> IR: a rule named after an IR kind builds that node."""
+
+    def __default__(self, data: Any, children: list[Any], meta: Any) -> Any:
+        cls = ir.node_class(str(data))
+        if cls is None:
+            return lark.Tree(data, children, meta)
+        return _build(cls, children, meta)
+
+    def start(self, children: list[Any]) -> ir.Spec:
+        return _assemble([c for c in children if isinstance(c, ir.Node)])
+
+
+def _build(cls: type[ir.Node], children: list[Any], meta: Any) -> ir.Node:
+    """Fill the fields of `cls` from a statement's tokens and sub-nodes, then validate."""
+    syn = _syntax(cls)
+    fields: dict[str, Any] = {}
+    tokens: dict[str, Any] = {}
+    args = iter(syn.args)
+    current: str | None = None  # the field the last keyword announced
+    items = _items(children)
+    head = cls.keyword.split()
+    if [str(t) for t in items[: len(head)]] == head:
+        items = items[len(head):]
+    for item in items:
+        if isinstance(item, ir.Node):
+            fields[syn.nodes[type(item)]] = item
+        elif item.type not in _VALUES:
+            word = str(item)
+            if word in syn.choices:
+                fields[syn.choices[word]] = word
+                tokens[syn.choices[word]] = item
+            if word in syn.options:
+                current = syn.options[word]
+        else:
+            field = current or next(args, None)
+            if field is None:  # the grammar and the IR declaration disagree: our bug
+                raise TypeError(f"{cls.__name__} declares no field for {item!r} (check its "
+                                "Arg/Option markers against its grammar rule)")
+            if field in tokens and not isinstance(tokens[field], list):
+                raise _Located(f"'{_keyword_of(syn, field)}' given twice", item)
+            annotation = cls.model_fields[field].annotation
+            # a node with one value (`rank 8`) names it by its keyword in messages
+            what = cls.keyword if syn.args == (field,) and cls.keyword else field
+            value = _value(item, annotation, what)
+            if get_origin(_strip(annotation)) is tuple:  # takes every value that follows
+                fields.setdefault(field, []).append(value)
+                tokens.setdefault(field, []).append(item)
+                current = field
+            else:
+                fields[field], tokens[field], current = value, item, None
     try:
-        return cls(span=span, **fields)
+        return cls(span=_span(meta), **fields)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise _Located(msg, tokens.get(field, where)) from None
+        raise _located(e, tokens, meta) from None
 
 
-@v_args(meta=True)
-class ToIR(Transformer):
-    """Parse tree -> ir.Spec."""
+def _keyword_of(syn: _Syntax, field: str) -> str:
+    return next((k for k, f in syn.options.items() if f == field), field)
 
-    def model_embedded(self, meta: Any, c: list[Token]) -> ir.ModelSource:
-        return _build(ir.ModelSource, meta, {"ref": c[0]}, source="embedded", ref=_string(c[0]))
 
-    def model_hf(self, meta: Any, c: list[Token]) -> ir.ModelSource:
-        return _build(ir.ModelSource, meta, {"ref": c[0]}, source="hf", ref=_string(c[0]))
-
-    def model_python(self, meta: Any, c: list[Token]) -> ir.ModelSource:
-        return _build(ir.ModelSource, meta, {"ref": c[0]}, source="python", ref=_string(c[0]))
-
-    def dim(self, meta: Any, c: list[Token]) -> Token:
-        return c[0]
-
-    def input(self, meta: Any, c: list[Any]) -> ir.InputSig:
-        name, dtype, *dims = c
-        shape = []
-        for tok in dims:
-            value = _int(tok, "a dimension") if tok.type == "NUMBER" else str(tok)
-            if value == 0:
-                raise _Located("static dimensions must be >= 1", tok)
-            shape.append(value)
-        return _build(ir.InputSig, meta, {"dtype": dtype, "name": name},
-                      name=_string(name), dtype=str(dtype), shape=tuple(shape))
-
-    def corpus_file(self, meta: Any, c: list[Token]) -> dict[str, Any]:
-        return {"corpus": "file", "path": _string(c[0])}
-
-    def corpus_builtin(self, meta: Any, c: list[Token]) -> dict[str, Any]:
-        return {"corpus": "builtin"}
-
-    def corpus_random(self, meta: Any, c: list[Token]) -> dict[str, Any]:
-        return {"corpus": "random"}
-
-    def samples(self, meta: Any, c: list[Token]) -> tuple[str, int, Token]:
-        return ("samples", _int(c[0], "samples"), c[0])
-
-    def seqlen(self, meta: Any, c: list[Token]) -> tuple[str, int, Token]:
-        return ("seqlen", _int(c[0], "seqlen"), c[0])
-
-    def seed(self, meta: Any, c: list[Token]) -> tuple[str, int, Token]:
-        return ("seed", _int(c[0], "seed"), c[0])
-
-    def calibrate(self, meta: Any, c: list[Any]) -> ir.Calibrate:
-        corpus, *opts = c
-        fields, tokens = dict(corpus), {}
-        _options(opts, fields, tokens)
-        return _build(ir.Calibrate, meta, tokens, **fields)
-
-    def rank(self, meta: Any, c: list[Token]) -> ir.Rank:
-        return _build(ir.Rank, meta, {"value": c[0]}, value=_int(c[0], "rank"))
-
-    def params(self, meta: Any, c: list[Token]) -> ir.ParamsFraction:
-        return _build(ir.ParamsFraction, meta, {"percent": c[0]}, percent=float(c[0]))
-
-    def energy(self, meta: Any, c: list[Token]) -> ir.Energy:
-        return _build(ir.Energy, meta, {"fraction": c[0]}, fraction=float(c[0]))
-
-    def budget(self, meta: Any, c: list[Token]) -> ir.Budget:
-        return _build(ir.Budget, meta, {"percent": c[0]}, percent=float(c[0]))
-
-    def alpha(self, meta: Any, c: list[Token]) -> Token:
-        return c[0]
-
-    def method(self, meta: Any, c: list[Token]) -> list[Token]:
-        return c
-
-    def factorize(self, meta: Any, c: list[Any]) -> ir.Factorize:
-        target, rank, *method = c
-        fields: dict[str, Any] = {"target": _string(target), "rank": rank}
-        tokens = {"target": target}
-        if method:
-            name, *alpha = method[0]
-            fields["method"], tokens["method"] = str(name), name
-            if alpha:
-                fields["alpha"], tokens["alpha"] = float(alpha[0]), alpha[0]
-        return _build(ir.Factorize, meta, tokens, **fields)
-
-    def verify(self, meta: Any, c: list[Token]) -> ir.Verify:
-        metric, op, value = c
-        return _build(ir.Verify, meta, {"metric": metric, "op": op, "threshold": value},
-                      metric=str(metric), op=str(op), threshold=float(value))
-
-    def opset(self, meta: Any, c: list[Token]) -> Token:
-        return c[0]
-
-    def export(self, meta: Any, c: list[Token]) -> ir.ExportOnnx:
-        fields: dict[str, Any] = {"path": _string(c[0])}
-        tokens = {"path": c[0]}
-        if len(c) > 1:
-            fields["opset"], tokens["opset"] = _int(c[1], "opset"), c[1]
-        return _build(ir.ExportOnnx, meta, tokens, **fields)
-
-    def save(self, meta: Any, c: list[Token]) -> ir.Save:
-        return _build(ir.Save, meta, {"path": c[0]}, path=_string(c[0]))
-
-    def save_adapters(self, meta: Any, c: list[Token]) -> ir.SaveAdapters:
-        return _build(ir.SaveAdapters, meta, {"path": c[0]}, path=_string(c[0]))
-
-    def dropout(self, meta: Any, c: list[Token]) -> tuple[str, float, Token]:
-        return ("dropout", float(c[0]), c[0])
-
-    def init(self, meta: Any, c: list[Token]) -> tuple[str, str, Token]:
-        return ("init", str(c[0]), c[0])
-
-    def rho(self, meta: Any, c: list[Token]) -> tuple[str, float, Token]:
-        return ("rho", float(c[0]), c[0])
-
-    def adapter(self, meta: Any, c: list[Any]) -> ir.Adapter:
-        method, target, rank, alpha, *opts = c
-        fields: dict[str, Any] = {"method": str(method), "target": _string(target),
-                                  "rank": _int(rank, "rank"), "alpha": float(alpha)}
-        tokens = {"method": method, "target": target, "rank": rank, "alpha": alpha}
-        _options(opts, fields, tokens)
-        return _build(ir.Adapter, meta, tokens, **fields)
-
-    def adapter_load(self, meta: Any, c: list[Token]) -> ir.AdapterLoad:
-        return _build(ir.AdapterLoad, meta, {"path": c[0]}, path=_string(c[0]))
-
-    def fold(self, meta: Any, c: list[Token]) -> ir.Fold:
-        return ir.Fold(span=_span(meta))
-
-    def save_hf(self, meta: Any, c: list[Token]) -> ir.SaveHF:
-        return _build(ir.SaveHF, meta, {"path": c[0]}, path=_string(c[0]))
-
-    def report(self, meta: Any, c: list[Token]) -> ir.Report:
-        return _build(ir.Report, meta, {"path": c[0]}, path=_string(c[0]))
-
-    def remove(self, meta: Any, c: list[Token]) -> dict[str, Any]:
-        return {"mode": "remove", "count": _int(c[0], "a layer count"), "_tok": c[0]}
-
-    def keep(self, meta: Any, c: list[Token]) -> dict[str, Any]:
-        return {"mode": "keep", "count": _int(c[0], "a layer count"), "_tok": c[0]}
-
-    def where(self, meta: Any, c: list[Token]) -> dict[str, Any]:
-        return {"mode": "where", "threshold": float(c[0]), "_tok": c[0]}
-
-    def prune(self, meta: Any, c: list[Any]) -> ir.PruneLayers:
-        layers, amount, by = c
-        tok = amount.pop("_tok")
-        tokens = {"layers": layers, "by": by, "count": tok, "threshold": tok}
-        return _build(ir.PruneLayers, meta, tokens, layers=_string(layers), by=str(by), **amount)
-
-    def start(self, meta: Any, stmts: list[ir.Node]) -> ir.Spec:
-        return _assemble(stmts)
+def _located(e: ValidationError, tokens: dict[str, Any], meta: Any) -> _Located:
+    """The first validation error, at the token of the field it is about."""
+    err = e.errors()[0]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ir.NodeError):
+        return _Located(msg, cause.node.span)
+    loc = err["loc"]
+    where = tokens.get(str(loc[0]), meta) if loc else meta
+    if isinstance(where, list):
+        where = where[loc[1]] if len(loc) > 1 and isinstance(loc[1], int) else where[0]
+    return _Located(msg, where)
 
 
 def _assemble(stmts: list[ir.Node]) -> ir.Spec:
@@ -262,50 +250,69 @@ def _assemble(stmts: list[ir.Node]) -> ir.Spec:
     calib = [s for s in stmts if isinstance(s, ir.Calibrate)]
     if len(calib) > 1:
         raise _Located("only one 'calibrate' statement is allowed", calib[1].span)
-    seen_final = None
-    for s in stmts:
-        if isinstance(s, (ir.Verify, *ir.OUTPUT_TYPES)):
-            seen_final = seen_final or s
-        elif isinstance(s, ir.PASS_TYPES) and seen_final is not None:
-            raise _Located(f"'{s.kind}' comes after '{_first_word(seen_final)}': checks and "
+    final = next((s for s in stmts if isinstance(s, ir.Verify | ir.Output)), None)
+    for s in stmts[stmts.index(final):] if final else []:
+        if isinstance(s, ir.Step):
+            raise _Located(f"'{s.kind}' comes after '{final.keyword.split()[0]}': checks and "
                            "outputs are about the final model, so passes go before them", s.span)
     fields: dict[str, Any] = {
         "model": models[0],
         "inputs": tuple(s for s in stmts if isinstance(s, ir.InputSig)),
-        "steps": tuple(s for s in stmts if isinstance(s, ir.PASS_TYPES)),
+        "steps": tuple(s for s in stmts if isinstance(s, ir.Step)),
         "checks": tuple(s for s in stmts if isinstance(s, ir.Verify)),
-        "outputs": tuple(s for s in stmts if isinstance(s, ir.OUTPUT_TYPES)),
+        "outputs": tuple(s for s in stmts if isinstance(s, ir.Output)),
     }
-    _no_repeats(fields["inputs"], lambda s: s.name, "input {!r} is declared twice")
-    _no_repeats(fields["outputs"], lambda s: os.path.normpath(s.path),
-                "two outputs write the same path {!r}")
     if calib:
         fields["calibrate"] = calib[0]
-    return ir.Spec(span=models[0].span, **fields)
+    try:
+        return ir.Spec(span=models[0].span, **fields)
+    except ValidationError as e:
+        raise _located(e, {}, None) from None
 
 
-def _no_repeats(nodes: tuple[Any, ...], key: Any, message: str) -> None:
-    seen: set[Any] = set()
-    for node in nodes:
-        if key(node) in seen:
-            raise _Located(message.format(key(node)), node.span)
-        seen.add(key(node))
+# ---------------------------------------------------------------- entry points
+def load_spec(path: str | Path) -> ir.Spec:
+    """Read a .surg, .yaml/.yml or .json spec; all three give the same IR."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read spec {str(path)!r}: {e.strerror}") from None
+    if path.suffix in (".yaml", ".yml", ".json"):
+        spec = _load_structured(text, path)
+    else:
+        spec = parse_spec(text, str(path))
+    return spec.model_copy(update={"source_file": str(path)})
 
 
-def _first_word(node: ir.Node) -> str:
-    return node.to_text().split()[0]  # type: ignore[attr-defined]
+def _load_structured(text: str, path: Path) -> ir.Spec:
+    import yaml
+
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+    try:
+        return ir.Spec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg, _, hint = str(first["msg"]).removeprefix("Value error, ").partition("; did you mean")
+        raise UserError(f"{path}: {loc}: {msg}",
+                        f"did you mean{hint}" if hint else None) from None
 
 
 def parse_spec(text: str, file: str = "<spec>") -> ir.Spec:
     lines = [line.removesuffix("\r") for line in text.split("\n")]  # lark ends lines at \n only
     source = text if text.endswith("\n") else text + "\n"
     try:
-        tree = parser().parse(source)
-        return ToIR().transform(tree)
-    except lark.exceptions.VisitError as e:
+        return ToIR().transform(parser().parse(source))
+    except lark.exceptions.VisitError as e:  # from start(): lark wraps its errors
         if isinstance(e.orig_exc, _Located):
             raise _located_error(e.orig_exc, lines, file) from None
         raise
+    except _Located as e:  # from __default__, which lark does not wrap
+        raise _located_error(e, lines, file) from None
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, lines, file) from None
 

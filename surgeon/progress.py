@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-Advance = Callable[[str], None]
+class Progress:
+    """advance(description): one unit of work done, the next one described;
+    extend(n): n more units than planned (statistics collected mid-compile)."""
+
+    def __init__(self, progress: Any = None, task: Any = None):
+        self._progress, self._task = progress, task
+
+    def __call__(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=description)
+
+    def extend(self, n: int) -> None:
+        if self._progress is not None:
+            total = self._progress.tasks[0].total or 0
+            self._progress.update(self._task, total=total + n)
 
 
 @contextlib.contextmanager
-def bar(total: int, enabled: bool) -> Iterator[Advance]:
-    """Yield advance(description): one unit of work done, next one described."""
+def bar(total: int, enabled: bool) -> Iterator[Progress]:
     if not enabled:
-        yield lambda _desc: None
+        yield Progress()
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
     columns = (TextColumn("{task.description:<40}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    with RichProgress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("capture", total=total)
-        yield lambda desc: progress.update(task, advance=1, description=desc)
+        yield Progress(progress, task)

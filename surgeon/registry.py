@@ -1,46 +1,44 @@
-"""Pass registry: one IR step class -> one pass object.
+"""Pass registry: one IR step class -> one pass object, and what passes report.
 
-Passes register with `@register_pass(StepClass)`; surgeon.passes imports each
-pass module explicitly, so what is registered is visible in one place.
-Registering a step class twice is refused.
+Passes subclass `Pass` and register with `@register_pass(StepClass)`;
+surgeon.passes imports each pass module explicitly, so what is registered is
+visible in one place. Registering a step class twice is refused. A pass
+declares what it does to the model beyond its own rewrite (does the
+architecture survive, do later statistics go stale, does it add or fold
+adapters), so the driver and the emitters never special-case step kinds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializeAsAny
 
 from surgeon.calibration import CalibrationStats
 from surgeon.capture import Captured
 
 
 class LayerPlan(BaseModel):
-    """What a pass will do (or did) to one layer."""
+    """What a pass will do (or did) to one layer; what only one pass reports is its
+    typed `detail`."""
 
     path: str
     shape: tuple[int, ...] | None = None
-    rank: int | None = None
     method: str | None = None
     params_before: int
     params_after: int
     flops_before: int  # multiply-adds x2 per token
     flops_after: int
-    predicted_loss: float | None = None  # fraction of the method's sigma^2 dropped
-    heldout_rel_error: float | None = None  # ||(W - W')X^T|| / ||W X^T|| on held-out inputs
-    jitter: float | None = None
-    score: float | None = None  # layer pruning: the block's influence score
-    removed: bool | None = None
     note: str | None = None
+    detail: SerializeAsAny[BaseModel] | None = None
 
 
 @dataclass
 class PassContext:
     captured: Captured
-    stats: CalibrationStats | None = None  # shared, collected once before the passes
+    stats: CalibrationStats | None = None  # collected on the graph as it stands now
     warnings: list[str] = field(default_factory=list)
-    progress: Any = None  # callable(advance: int) or None
 
 
 @dataclass
@@ -49,22 +47,28 @@ class PassResult:
     layers: list[LayerPlan]
 
 
-class Pass(Protocol):
-    name: str
+class Pass:
+    """A graph pass for one IR step kind."""
 
-    def plan(self, ctx: PassContext, step: Any) -> list[LayerPlan]: ...
+    name: ClassVar[str]
+    # the model keeps its original module structure (a transformers checkpoint can hold it)
+    preserves_architecture: ClassVar[bool] = True
+    # when it modifies the graph, later layers see other inputs: statistics go stale
+    invalidates_statistics: ClassVar[bool] = True
+    adapters: ClassVar[Literal["add", "fold"] | None] = None
 
-    def run(self, ctx: PassContext, step: Any) -> PassResult: ...
+    def requires(self, ctx: PassContext, step: Any) -> None:
+        """Request the calibration statistics `run` will read (ctx.stats.request...)."""
 
-    # optional: def requires(self, ctx, step) -> None
-    # registers the calibration statistics it needs on ctx.stats (request, request_blocks)
+    def run(self, ctx: PassContext, step: Any) -> PassResult:
+        raise NotImplementedError
 
 
 _PASSES: dict[type, Pass] = {}
 
 
 def register_pass(step_type: type):
-    def deco(cls: type) -> type:
+    def deco(cls: type[Pass]) -> type[Pass]:
         if step_type in _PASSES:
             raise ValueError(f"a pass for {step_type.__name__} is already registered "
                              f"({type(_PASSES[step_type]).__name__})")
@@ -75,15 +79,8 @@ def register_pass(step_type: type):
 
 
 def pass_for(step: Any) -> Pass:
-    import surgeon.passes  # noqa: F401 - registers the passes
-
+    """The registered pass of a step (surgeon.passes must have been imported)."""
     try:
         return _PASSES[type(step)]
     except KeyError:
         raise LookupError(f"no pass registered for {type(step).__name__}") from None
-
-
-def registered() -> dict[type, Pass]:
-    import surgeon.passes  # noqa: F401
-
-    return dict(_PASSES)

@@ -50,26 +50,30 @@ def _n(x: int) -> str:
     return f"{x:,}"
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def layer_table(title: str, layers: list[dict[str, Any]]) -> Table:
-    """Per layer: rank, params kept, predicted loss, held-out output error, MFLOP/token."""
+    """Per layer: the common columns, then the pass's own detail fields (rank, score, ...)."""
     t = Table(title=title, title_justify="left")
-    for col in ("layer", "shape", "method", "rank", "score", "params", "→", "pred. loss",
-                "held-out err", "MFLOP/tok", "note"):
+    details = [k for k in (layers[0].get("detail") or {}) if k != "kind"] if layers else []
+    for col in ("layer", "shape", "method", *[k.replace("_", " ") for k in details],
+                "params", "→", "MFLOP/tok", "note"):
         t.add_column(col)
     for lp in layers:
         shape = "x".join(map(str, lp["shape"])) if lp.get("shape") else "-"
-        rank = "removed" if lp.get("removed") else "kept" if lp.get("removed") is False \
-            else str(lp["rank"] or "dense")
-        t.add_row(lp["path"], shape, lp.get("method") or "-", rank, _fmt(lp.get("score"), ".4f"),
+        detail = lp.get("detail") or {}
+        t.add_row(lp["path"], shape, lp.get("method") or "-",
+                  *[_cell(detail.get(k)) for k in details],
                   _n(lp["params_before"]), _n(lp["params_after"]),
-                  _fmt(lp.get("predicted_loss"), ".4f"), _fmt(lp.get("heldout_rel_error"), ".4f"),
                   f"{lp['flops_before'] / 1e6:.2f} → {lp['flops_after'] / 1e6:.2f}",
                   lp["note"] or "")
     return t
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
 
 
 def render(report: CompileReport, console: Console, layers: bool = True) -> None:

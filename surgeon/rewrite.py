@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from surgeon.capture import FACTOR_META, LINEAR
+LINEAR = torch.ops.aten.linear.default
+FACTOR_META = "surgeon_factor"  # marks linears a pass created (not dense Linear sites)
 
 # what new nodes inherit from the node they replace: module paths keep targets resolvable
 _KEPT_META = ("nn_module_stack", "stack_trace")

@@ -18,10 +18,13 @@ from torch import nn
 from surgeon import ir
 from surgeon.diagnostics import UserError
 
-# Belt and braces: transformers must never reach for a model hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+def _offline() -> None:
+    """Belt and braces beside local_files_only: transformers must never reach for a hub.
+    Set where models load (not on import, which would change the caller's process)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @dataclass
@@ -43,6 +46,7 @@ def embedded_model_dir(name: str) -> Path:
 
 
 def load_hf(path: str | Path) -> LoadedModel:
+    _offline()
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -1,44 +1,91 @@
 """Fidelity of the compiled model against the original, on held-out inputs.
 
-cosine: mean over real (non-padding) token positions of the cosine between the
-original and compiled output vectors; rel_error: ||Y' - Y||_F / ||Y||_F over
-the same positions; embedding_cosine: mean over samples of the cosine between
-mean-pooled outputs (sentence embeddings, as sentence-transformers pools
-MiniLM). All computed in float64.
+Each verify metric (catalogue: surgeon/methods/verify.py) is an accumulator
+fed batch by batch with the original and compiled outputs in float64, so no
+outputs are kept: cosine is the mean over real (non-padding) token positions
+of the cosine between original and compiled output vectors, cosine_min the
+smallest of those, rel_error ||Y' - Y||_F / ||Y||_F over the same positions,
+embedding_cosine the mean over samples of the cosine between mean-pooled
+outputs (sentence embeddings, as sentence-transformers pools MiniLM).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from surgeon import ir
 from surgeon.corpus import Batch
 from surgeon.diagnostics import VerifyError
+from surgeon.methods.verify import METRICS
+
+
+def _tokens(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(real tokens, features): padding positions dropped."""
+    if mask is not None:
+        y = y[mask]
+    return y.reshape(-1, y.shape[-1])
+
+
+class Cosine:
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def update(self, y: torch.Tensor, y2: torch.Tensor, mask: torch.Tensor | None) -> None:
+        cos = F.cosine_similarity(_tokens(y, mask), _tokens(y2, mask), dim=-1)
+        self.total += float(cos.sum())
+        self.count += cos.numel()
+
+    def value(self) -> float:
+        return self.total / max(self.count, 1)
+
+
+class CosineMin:
+    def __init__(self) -> None:
+        self.lowest = 1.0
+
+    def update(self, y: torch.Tensor, y2: torch.Tensor, mask: torch.Tensor | None) -> None:
+        cos = F.cosine_similarity(_tokens(y, mask), _tokens(y2, mask), dim=-1)
+        self.lowest = min(self.lowest, float(cos.min()))
+
+    def value(self) -> float:
+        return self.lowest
+
+
+class RelError:
+    def __init__(self) -> None:
+        self.err2, self.ref2 = 0.0, 0.0
+
+    def update(self, y: torch.Tensor, y2: torch.Tensor, mask: torch.Tensor | None) -> None:
+        y, y2 = _tokens(y, mask), _tokens(y2, mask)
+        self.err2 += float((y2 - y).pow(2).sum())
+        self.ref2 += float(y.pow(2).sum())
+
+    def value(self) -> float:
+        return (self.err2 / self.ref2) ** 0.5 if self.ref2 else 0.0
+
+
+class EmbeddingCosine(Cosine):
+    def update(self, y: torch.Tensor, y2: torch.Tensor, mask: torch.Tensor | None) -> None:
+        cos = F.cosine_similarity(mean_pool(y, mask), mean_pool(y2, mask), dim=-1)
+        self.total += float(cos.sum())
+        self.count += cos.numel()
 
 
 @torch.no_grad()
 def fidelity(reference: nn.Module, compiled: nn.Module, batches: list[Batch]) -> dict[str, float]:
-    cos_sum, cos_min, count, err2, ref2 = 0.0, 1.0, 0, 0.0, 0.0
-    emb_sum, emb_count = 0.0, 0
+    """Every catalogue metric, plus the number of real token positions compared."""
+    metrics = {m.name: m.function() for m in METRICS}
+    positions = 0
     for batch in batches:
         y = reference(*batch.inputs).double()
         y2 = compiled(*batch.inputs).double()
-        pooled = mean_pool(y, batch.mask), mean_pool(y2, batch.mask)
-        emb = torch.nn.functional.cosine_similarity(*pooled, dim=-1)
-        emb_sum, emb_count = emb_sum + float(emb.sum()), emb_count + emb.numel()
-        if batch.mask is not None:
-            y, y2 = y[batch.mask], y2[batch.mask]
-        y, y2 = y.reshape(-1, y.shape[-1]), y2.reshape(-1, y2.shape[-1])
-        cos = torch.nn.functional.cosine_similarity(y, y2, dim=-1)
-        cos_sum += float(cos.sum())
-        cos_min = min(cos_min, float(cos.min()))
-        count += cos.numel()
-        err2 += float((y2 - y).pow(2).sum())
-        ref2 += float(y.pow(2).sum())
-    return {"cosine": cos_sum / max(count, 1), "cosine_min": cos_min,
-            "rel_error": (err2 / ref2) ** 0.5 if ref2 else 0.0,
-            "embedding_cosine": emb_sum / max(emb_count, 1), "positions": float(count)}
+        mask = batch.mask if batch.mask is not None and y.dim() >= 3 else None
+        for metric in metrics.values():
+            metric.update(y, y2, mask)
+        positions += _tokens(y, mask).shape[0]
+    return {**{name: m.value() for name, m in metrics.items()}, "positions": float(positions)}
 
 
 def mean_pool(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

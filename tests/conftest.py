@@ -21,16 +21,14 @@ def minilm() -> LoadedModel:
     return load_hf(embedded_model_dir("minilm"))
 
 
-@pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random Llama that reuses MiniLM's tokenizer (no hub access)."""
+def make_llama(d: Path, layers: int, hidden: int = 64) -> Path:
+    """A random Llama (seed 0) that reuses MiniLM's tokenizer (no hub access)."""
     from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=30522, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=256, pad_token_id=0, use_cache=False)
-    d = tmp_path_factory.mktemp("tiny-llama")
     LlamaModel(cfg).eval().save_pretrained(d, safe_serialization=True)
     src = embedded_model_dir("minilm")
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -38,6 +36,18 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (src / name).exists():
             shutil.copy(src / name, d / name)
     return d
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama, hidden size 64."""
+    return make_llama(tmp_path_factory.mktemp("tiny-llama"), layers=2)
+
+
+@pytest.fixture(scope="session")
+def llama4_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer random Llama, hidden size 32: layer lists worth pruning, in seconds."""
+    return make_llama(tmp_path_factory.mktemp("tiny-llama4"), layers=4, hidden=32)
 
 
 @pytest.fixture()

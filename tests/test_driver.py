@@ -14,7 +14,7 @@ from toy_models import tiny_mlp
 import surgeon
 from surgeon import ir
 from surgeon.diagnostics import PassError, VerifyError
-from surgeon.registry import _PASSES, PassResult, register_pass
+from surgeon.registry import _PASSES, Pass, PassResult, register_pass
 
 
 class Boom(ir.Node):
@@ -28,21 +28,15 @@ class Liar(ir.Node):
 @pytest.fixture()
 def test_passes():
     @register_pass(Boom)
-    class BoomPass:
+    class BoomPass(Pass):
         name = "boom"
-
-        def plan(self, ctx, step):
-            return []
 
         def run(self, ctx, step):
             raise RuntimeError("kaboom")
 
     @register_pass(Liar)
-    class LiarPass:
+    class LiarPass(Pass):
         name = "liar"
-
-        def plan(self, ctx, step):
-            return []
 
         def run(self, ctx, step):
             return PassResult(modified=True, layers=[])
@@ -96,8 +90,8 @@ def test_plan_predicts_the_compiled_parameter_count() -> None:
     assert planned["params_before"] == compiled.params_before
     assert planned["params_after"] == compiled.params_after
     assert [s["targets"] for s in planned["steps"]] == [s.targets for s in compiled.steps]
-    ranks = [lp["rank"] for lp in planned["steps"][0]["layers"]]
-    assert ranks == [lp.rank for lp in compiled.steps[0].layers]
+    ranks = [lp["detail"]["rank"] for lp in planned["steps"][0]["layers"]]
+    assert ranks == [lp.detail.rank for lp in compiled.steps[0].layers]
 
 
 def test_plan_runs_the_steps_in_order_like_compile() -> None:

@@ -12,6 +12,7 @@ import yaml
 
 from surgeon import ir
 from surgeon.diagnostics import UserError
+from surgeon.parse import load_spec, parse_spec
 
 # Every statement and option between these specs.
 RICH = """\
@@ -65,7 +66,7 @@ def text(request: pytest.FixtureRequest) -> str:
 
 
 def test_rich_spec_builds_expected_ir() -> None:
-    spec = ir.Spec.parse(RICH)
+    spec = parse_spec(RICH)
     assert spec == ir.Spec(
         model=ir.ModelSource(source="embedded", ref="minilm"),
         calibrate=ir.Calibrate(corpus="file", path="data/calib.txt", samples=16, seqlen=32,
@@ -86,44 +87,44 @@ def test_rich_spec_builds_expected_ir() -> None:
 
 
 def test_python_spec_inputs_and_defaults() -> None:
-    spec = ir.Spec.parse(PYTHON)
+    spec = parse_spec(PYTHON)
     assert spec.model == ir.ModelSource(source="python", ref="toy_models:make_mlp")
     assert spec.inputs == (ir.InputSig(name="x", dtype="float32", shape=("batch", 16)),
                            ir.InputSig(name="mask", dtype="bool", shape=("batch", 16)))
     assert spec.calibrate == ir.Calibrate(corpus="random", samples=4, seqlen=16, seed=3)
-    hf = ir.Spec.parse(HF)
+    hf = parse_spec(HF)
     assert hf.outputs == (ir.ExportOnnx(path="out/hf.onnx", opset=18),)
     assert hf.calibrate == ir.Calibrate(samples=4, seqlen=128, seed=0)
     assert hf.checks[0].threshold == 1e-05
 
 
 def test_equality_is_about_content() -> None:
-    spec = ir.Spec.parse(RICH)
-    assert spec != ir.Spec.parse(RICH.replace("rank 8", "rank 9"))
-    assert spec != ir.Spec.parse(RICH.replace("seed 7", "seed 8"))
-    moved = ir.Spec.parse("\n\n# moved down\n" + RICH)
+    spec = parse_spec(RICH)
+    assert spec != parse_spec(RICH.replace("rank 8", "rank 9"))
+    assert spec != parse_spec(RICH.replace("seed 7", "seed 8"))
+    moved = parse_spec("\n\n# moved down\n" + RICH)
     assert moved.model.span != spec.model.span
     assert moved == spec and hash(moved) == hash(spec)
 
 
 def test_text_round_trip(text: str) -> None:
-    spec = ir.Spec.parse(text)
+    spec = parse_spec(text)
     canonical = spec.to_text()
-    again = ir.Spec.parse(canonical)
+    again = parse_spec(canonical)
     assert again == spec
     assert again.to_text() == canonical
     assert "#" not in canonical
 
 
 def test_yaml_round_trip(text: str) -> None:
-    spec = ir.Spec.parse(text)
+    spec = parse_spec(text)
     data = yaml.safe_load(spec.to_yaml())
     assert data["model"]["ref"] == spec.model.ref
     assert ir.Spec.model_validate(data) == spec
 
 
 def test_yaml_shape_of_rich_spec() -> None:
-    data = yaml.safe_load(ir.Spec.parse(RICH).to_yaml())
+    data = yaml.safe_load(parse_spec(RICH).to_yaml())
     assert [s["rank"] for s in data["steps"]] == [
         {"kind": "params", "percent": 50.0},
         {"kind": "rank", "value": 8},
@@ -134,7 +135,7 @@ def test_yaml_shape_of_rich_spec() -> None:
 
 
 def test_load_surg_yaml_json_agree(text: str, tmp_path: Path) -> None:
-    spec = ir.Spec.parse(text)
+    spec = parse_spec(text)
     dumped = spec.model_dump(mode="json")
     files = {
         "s.surg": text,
@@ -145,7 +146,7 @@ def test_load_surg_yaml_json_agree(text: str, tmp_path: Path) -> None:
     for name, content in files.items():
         path = tmp_path / name
         path.write_text(content, encoding="utf-8")
-        loaded = ir.Spec.load(path)
+        loaded = load_spec(path)
         assert loaded == spec, name
         assert loaded.source_file == str(path)
 
@@ -159,7 +160,7 @@ def _has_key(obj: Any, key: str) -> bool:
 
 
 def test_spans_on_parsed_nodes() -> None:
-    spec = ir.Spec.parse(RICH)
+    spec = parse_spec(RICH)
     assert spec.model.span is not None and spec.model.span.line == 2
     assert spec.model.span.column == 1
     assert spec.calibrate.span is not None and spec.calibrate.span.line == 3
@@ -172,7 +173,7 @@ def test_spans_on_parsed_nodes() -> None:
 
 
 def test_spans_are_not_dumped() -> None:
-    spec = ir.Spec.parse(RICH)
+    spec = parse_spec(RICH)
     assert not _has_key(spec.model_dump(), "span")
     assert not _has_key(spec.model_dump(mode="json"), "span")
     assert not _has_key(yaml.safe_load(spec.to_yaml()), "span")
@@ -181,7 +182,7 @@ def test_spans_are_not_dumped() -> None:
 
 
 def test_nodes_are_frozen() -> None:
-    spec = ir.Spec.parse(RICH)
+    spec = parse_spec(RICH)
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         spec.model = ir.ModelSource(source="hf", ref="x")  # type: ignore[misc]
     with pytest.raises(pydantic.ValidationError, match="frozen"):
@@ -203,7 +204,7 @@ def test_extra_fields_are_forbidden(cls: type[pydantic.BaseModel], fields: dict[
 
 
 def test_extra_field_in_nested_dict_is_forbidden() -> None:
-    data = ir.Spec.parse(RICH).model_dump(mode="json")
+    data = parse_spec(RICH).model_dump(mode="json")
     data["steps"][1]["rank"]["unit"] = "x"
     with pytest.raises(pydantic.ValidationError):
         ir.Spec.model_validate(data)
@@ -219,27 +220,27 @@ def test_extra_field_in_nested_dict_is_forbidden() -> None:
 ])
 def test_load_yaml_with_invalid_field(tmp_path: Path, mutate: Any, field_path: str,
                                       detail: str) -> None:
-    data = ir.Spec.parse(RICH).model_dump(mode="json")
+    data = parse_spec(RICH).model_dump(mode="json")
     mutate(data)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(UserError) as info:
-        ir.Spec.load(path)
+        load_spec(path)
     assert f"{path}: {field_path}:" in info.value.message
     assert detail in info.value.message
 
 
 def test_load_unreadable_and_malformed(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot read spec"):
-        ir.Spec.load(tmp_path / "missing.surg")
+        load_spec(tmp_path / "missing.surg")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n", encoding="utf-8")
     with pytest.raises(UserError, match="not valid YAML"):
-        ir.Spec.load(bad)
+        load_spec(bad)
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{'model': 1}", encoding="utf-8")
     with pytest.raises(UserError, match="not valid JSON"):
-        ir.Spec.load(bad_json)
+        load_spec(bad_json)
 
 
 def test_json_schema_discriminators() -> None:
@@ -258,7 +259,7 @@ def test_json_schema_discriminators() -> None:
 
 
 def test_unknown_rank_kind_is_rejected() -> None:
-    data = ir.Spec.parse(RICH).model_dump(mode="json")
+    data = parse_spec(RICH).model_dump(mode="json")
     data["steps"][0]["rank"] = {"kind": "ratio", "percent": 50}
     with pytest.raises(pydantic.ValidationError, match="ratio"):
         ir.Spec.model_validate(data)

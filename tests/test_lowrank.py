@@ -24,7 +24,7 @@ def _layer(seed: int, out_f: int = 24, in_f: int = 16, n: int = 200):
 def test_svd_llm_truncation_loss_is_the_dropped_whitened_spectrum(k: int) -> None:
     w, x = _layer(k)
     gram = x.T @ x
-    dec = decompose("svd_llm", w, LayerStats(gram=gram))
+    dec = decompose("svd_llm", w, LayerStats({"gram": gram}))
     first, second = dec.factors(k, torch.float64)
     delta = (w - second @ first).numpy()
     s_chol = np.linalg.cholesky(gram.numpy())  # independent whitening factor
@@ -41,7 +41,7 @@ def test_svd_llm_beats_plain_svd_on_output_error() -> None:
     gram = x.T @ x
     errs = {}
     for method in ("svd", "svd_llm"):
-        first, second = decompose(method, w, LayerStats(gram=gram)).factors(5, torch.float64)
+        first, second = decompose(method, w, LayerStats({"gram": gram})).factors(5, torch.float64)
         errs[method] = output_rel_error(w, second @ first, gram)
     assert errs["svd_llm"] < errs["svd"]
 
@@ -50,8 +50,9 @@ def test_svd_llm_beats_plain_svd_on_output_error() -> None:
 def test_weighted_methods_drop_exactly_their_weighted_spectrum(method: str) -> None:
     w, x = _layer(7)
     rng = np.random.default_rng(1)
-    stats = LayerStats(abs_sum=x.abs().sum(0), tokens=x.shape[0],
-                       fisher_rows=torch.from_numpy(rng.uniform(0.01, 10, w.shape[0])))
+    stats = LayerStats({"abs_mean": x.abs().sum(0),
+                        "fisher_rows": torch.from_numpy(rng.uniform(0.01, 10, w.shape[0]))},
+                       tokens=x.shape[0])
     k = 6
     first, second = decompose(method, w, stats, alpha=0.5).factors(k, torch.float64)
     delta = (w - second @ first).numpy()
@@ -59,7 +60,7 @@ def test_weighted_methods_drop_exactly_their_weighted_spectrum(method: str) -> N
         scale = (x.abs().mean(0).numpy()) ** 0.5
         weighted, ref = delta * scale[None, :], w.numpy() * scale[None, :]
     else:
-        scale = np.sqrt(stats.fisher_rows.numpy())
+        scale = np.sqrt(stats["fisher_rows"].numpy())
         weighted, ref = delta * scale[:, None], w.numpy() * scale[:, None]
     sigma = np.linalg.svd(ref, compute_uv=False)
     assert np.linalg.norm(weighted) ** 2 == pytest.approx(np.sum(sigma[k:] ** 2), rel=1e-6)
@@ -78,7 +79,7 @@ def test_non_positive_definite_gram_gets_the_smallest_sufficient_jitter() -> Non
     torch.testing.assert_close(chol @ chol.T, gram + jitter * scale * eye)
     smaller = torch.linalg.cholesky_ex(gram + jitter / 10 * scale * eye)[1]
     assert jitter == 1e-12 or int(smaller) != 0  # one rung lower on the ladder fails
-    dec = decompose("svd_llm", w, LayerStats(gram=gram))
+    dec = decompose("svd_llm", w, LayerStats({"gram": gram}))
     first, second = dec.factors(8, torch.float64)
     assert torch.isfinite(first).all() and torch.isfinite(second).all()
     plain = decompose("svd", w).factors(8, torch.float64)

@@ -53,7 +53,7 @@ INVALID: list[tuple[str, str, int, int, str, str | None]] = [
     ("empty-model-ref", 'model hf ""\n', 1, 10, "model reference is empty", None),
     ("python-ref", 'model python "pkg.mod"\n', 1, 14, "must be 'package.module:factory'", None),
     ("verify-metric", M + 'factorize "a.b" rank 4\nverify cosin >= 0.9\n', 3, 8,
-     "unknown verify metric 'cosin'", "did you mean 'cosine'?"),
+     "unknown verify metric 'cosin'", "did you mean 'cosine'"),
     ("verify-direction", M + "verify cosine <= 0.9\n", 2, 15,
      "verify cosine takes '>=' (a lower bound), not '<='", None),
     ("verify-direction-upper", M + "verify rel_error >= 0.1\n", 2, 18,
@@ -229,3 +229,12 @@ def test_duplicate_output_points_at_the_duplicate() -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(M + 'save "a"\nexport onnx "a"\nsave "b"\n')
     assert info.value.line == 3
+
+
+def test_grammar_is_strict_lalr() -> None:
+    """No shift/reduce conflict and no terminal collision (lark's strict mode raises)."""
+    from surgeon.parse import parser
+
+    strict = parser(strict=True)
+    assert strict.options.strict and strict.options.parser == "lalr"
+    assert parser().parse("model \"minilm\"\nfold\n") == strict.parse("model \"minilm\"\nfold\n")

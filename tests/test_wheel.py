@@ -32,7 +32,7 @@ def test_wheel_layout_and_import(tmp_path: Path) -> None:
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import surgeon, "
             "surgeon.passes.factorize, surgeon.kernels; assert surgeon.__file__.startswith("
             "sys.argv[1]), surgeon.__file__; "
-            "s = surgeon.Spec.parse('model \"minilm\"\\nfactorize \"**.query\" rank 8\\n'); "
+            "s = surgeon.parse_spec('model \"minilm\"\\nfactorize \"**.query\" rank 8\\n'); "
             "print(s.steps[0].rank.value)")
     out = subprocess.run([sys.executable, "-S", "-c", code, str(target), site],
                          capture_output=True, text=True, timeout=300)

@@ -18,15 +18,15 @@ import json
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
 from torch import nn
 
 from surgeon import atomic, ir
-from surgeon.capture import Captured, quiet
+from surgeon.capture import quiet
 from surgeon.diagnostics import UserError
+from surgeon.emit.registry import EmitContext, register_emitter
 from surgeon.report import ArtifactReport
 
 FORMAT = "surgeon-checkpoint"
@@ -46,13 +46,12 @@ def _state(gm: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in gm.state_dict().items()}
 
 
-def save_checkpoint(captured: Captured, out: ir.Save, spec_text: str | None,
-                    tokenizer: Any | None) -> ArtifactReport:
+@register_emitter(ir.Save)
+def save_checkpoint(ctx: EmitContext, out: ir.Save) -> ArtifactReport:
     t0 = time.perf_counter()
+    captured, spec_text = ctx.captured, ctx.spec.to_text()
+    tokenizer = ctx.loaded.tokenizer if ctx.loaded is not None else None
     ep = captured.reexport()
-    for node in ep.graph.nodes:
-        # provenance records hold id(graph) memory addresses: drop them for reproducible bytes
-        node.meta.pop("from_node", None)
     buf = io.BytesIO()  # a file name would leak into the archive and break byte-reproducibility
     with quiet():
         torch.export.save(ep, buf)

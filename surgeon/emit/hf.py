@@ -19,6 +19,7 @@ import torch
 from surgeon import atomic, ir
 from surgeon.capture import Captured, TextEncoder, quiet
 from surgeon.diagnostics import UserError
+from surgeon.emit.registry import EmitContext, register_emitter
 from surgeon.report import ArtifactReport
 from surgeon.sources import LoadedModel
 
@@ -79,9 +80,11 @@ def hf_config(config, kept: dict[str, list[int]]):
     return cfg
 
 
-def save_hf(captured: Captured, out: ir.SaveHF, loaded: LoadedModel) -> ArtifactReport:
+@register_emitter(ir.SaveHF, needs_architecture=True)
+def save_hf(ctx: EmitContext, out: ir.SaveHF) -> ArtifactReport:
     t0 = time.perf_counter()
-    if loaded.source_dir is None or not hasattr(loaded.module, "config"):
+    captured, loaded = ctx.captured, ctx.loaded
+    if loaded is None or loaded.source_dir is None or not hasattr(loaded.module, "config"):
         raise UserError("save hf needs a transformers model (model hf or an embedded model)")
     from transformers import AutoModel
 

@@ -23,6 +23,7 @@ import torch
 from surgeon import atomic, ir
 from surgeon.capture import Captured, quiet
 from surgeon.corpus import Batch
+from surgeon.emit.registry import EmitContext, register_emitter
 from surgeon.report import ArtifactReport
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -66,8 +67,10 @@ def ort_max_abs_diff(model_bytes: bytes | str, captured: Captured, batch: Batch)
     return float(np.max(np.abs(got - want)))
 
 
-def export_onnx(captured: Captured, out: ir.ExportOnnx) -> ArtifactReport:
+@register_emitter(ir.ExportOnnx)
+def export_onnx(ctx: EmitContext, out: ir.ExportOnnx) -> ArtifactReport:
     t0 = time.perf_counter()
+    captured = ctx.captured
     proto = to_onnx(captured, out.opset)
     if proto.ByteSize() > PROTOBUF_LIMIT:
         return _export_external(proto, captured, out, t0)

@@ -23,6 +23,7 @@ from surgeon import atomic, ir
 from surgeon.adapters import ADAPTER_META, DoraAdapter, LoraAdapter, adapter_nodes
 from surgeon.capture import Captured
 from surgeon.diagnostics import UserError
+from surgeon.emit.registry import EmitContext, register_emitter
 from surgeon.report import ArtifactReport
 
 
@@ -85,9 +86,10 @@ def _pattern(values: dict[str, float]) -> tuple[float, dict[str, float]]:
     return default, {p: v for p, v in values.items() if v != default}
 
 
-def save_adapters(captured: Captured, out: ir.SaveAdapters) -> ArtifactReport:
+@register_emitter(ir.SaveAdapters, needs_adapters=True)
+def save_adapters(ctx: EmitContext, out: ir.SaveAdapters) -> ArtifactReport:
     t0 = time.perf_counter()
-    tensors, config = peft_tensors(captured)
+    tensors, config = peft_tensors(ctx.captured)
     with atomic.staged_dir(out.path) as d:
         safetensors.torch.save_file(tensors, str(d / "adapter_model.safetensors"))
         (d / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

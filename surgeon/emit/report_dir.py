@@ -9,25 +9,26 @@ import json
 import time
 
 from surgeon import atomic, ir
-from surgeon.report import ArtifactReport, CompileReport, StepReport
+from surgeon.emit.registry import EmitContext, register_emitter
+from surgeon.report import ArtifactReport, StepReport
 
 _NO_TIMES = {"seconds": True, "steps": {"__all__": {"seconds"}},
              "artifacts": {"__all__": {"seconds"}}}
 
 
-def score_chart(step: StepReport) -> bytes:
+def score_chart(step: StepReport, name: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     names = [lp.path.rsplit(".", 1)[-1] for lp in step.layers]
-    scores = [lp.score or 0.0 for lp in step.layers]
-    colors = ["#d62728" if lp.removed else "#1f77b4" for lp in step.layers]
+    scores = [lp.detail.score or 0.0 for lp in step.layers]
+    colors = ["#d62728" if lp.detail.removed else "#1f77b4" for lp in step.layers]
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.2), dpi=100)
     ax.bar(names, scores, color=colors)
     method = step.layers[0].method if step.layers else ""
-    ax.set_title(f"line {step.line}: {method} scores (red: removed)")
+    ax.set_title(f"{name}: {method} scores (red: removed)")
     ax.set_xlabel(step.layers[0].path.rsplit(".", 1)[0] if step.layers else "layer")
     ax.set_ylabel("block influence" if method != "angular" else "angular distance")
     fig.tight_layout()
@@ -37,15 +38,18 @@ def score_chart(step: StepReport) -> bytes:
     return buf.getvalue()
 
 
-def write_report(report: CompileReport, out: ir.Report) -> ArtifactReport:
+@register_emitter(ir.Report)
+def write_report(ctx: EmitContext, out: ir.Report) -> ArtifactReport:
     t0 = time.perf_counter()
+    report = ctx.report
     data = json.dumps(report.model_dump(mode="json", exclude=_NO_TIMES), indent=2, sort_keys=True)
     with atomic.staged_dir(out.path) as d:
         (d / "report.json").write_text(data + "\n")
         for i, step in enumerate(report.steps, 1):
             if step.kind == "prune_layers":  # YAML specs have no lines: number by step
-                name = f"line{step.line}" if step.line else f"step{i}"
-                (d / f"{name}_prune_layers.png").write_bytes(score_chart(step))
+                name = f"line {step.line}" if step.line else f"step {i}"
+                chart = score_chart(step, name)
+                (d / f"{name.replace(' ', '')}_prune_layers.png").write_bytes(chart)
         digest, size = atomic.digest(d)
     return ArtifactReport(kind="report", path=out.path, bytes=size, sha256=digest,
                           seconds=time.perf_counter() - t0)

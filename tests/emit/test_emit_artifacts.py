@@ -151,17 +151,24 @@ def test_artifacts_follow_the_umask(compiled) -> None:
         assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
 
 
-def test_outputs_land_together_or_not_at_all(tmp_path: Path) -> None:
+def test_outputs_land_together_or_not_at_all(tmp_path: Path, llama_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from surgeon.diagnostics import UserError
+    from surgeon.emit import registry
+    from surgeon.ir import Report
 
+    def fails(ctx, out):
+        raise UserError("the last output fails")
+
+    monkeypatch.setitem(registry._EMITTERS, Report, registry.Emitter(fails))
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "old.txt").write_text("kept")
-    spec = (f'model "minilm"\ncalibrate text builtin samples 4\n'
-            f'factorize "encoder.layer.0.attention.self.query" rank 8\n'
+    spec = (f'model hf "{llama_dir}"\ncalibrate text builtin samples 4\n'
+            f'factorize "layers.0.mlp.up_proj" rank 8\n'
             f'export onnx "{tmp_path / "new" / "deep" / "m.onnx"}"\n'
             f'save "{tmp_path / "ckpt"}"\n'
-            f'save adapters "{tmp_path / "ad"}"\n')  # fails last: the model has no adapters
-    with pytest.raises(UserError, match="no adapters"):
+            f'report "{tmp_path / "report"}"\n')  # fails last, after the others are staged
+    with pytest.raises(UserError, match="the last output fails"):
         surgeon.compile(spec)
     # no file, no temp, and no directory made for them is left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

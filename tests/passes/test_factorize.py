@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 from activations import stored_inputs
-from surgeon.passes.factorize import breakeven_rank, choose_rank, svd_factors
+from surgeon.passes.factorize import breakeven_rank, choose_rank
 from toy_models import tiny_mlp  # noqa: E402  (tests/ is on sys.path via conftest rootdir)
 
 import surgeon
-from surgeon.capture import LINEAR
 from surgeon.ir import Energy, Factorize, ParamsFraction, Rank
+from surgeon.lowrank import decompose
+from surgeon.rewrite import LINEAR
 
 
 def _linear_count(gm: torch.fx.GraphModule) -> int:
@@ -23,7 +24,7 @@ def _linear_count(gm: torch.fx.GraphModule) -> int:
 def test_eckart_young_truncation_error(k: int) -> None:
     rng = np.random.default_rng(k)
     w = rng.standard_normal((48, 80))
-    first, second, _ = svd_factors(torch.from_numpy(w), k)
+    first, second = decompose("svd", torch.from_numpy(w)).factors(k, torch.float64)
     approx = (second @ first).numpy()
     s = np.linalg.svd(w, compute_uv=False)
     assert first.shape == (k, 80) and second.shape == (48, k)
@@ -78,7 +79,7 @@ def test_rank_that_saves_nothing_keeps_the_layer_dense() -> None:
                            example_inputs=(x,))
     step = result.report.steps[0]
     assert not step.modified and step.params_delta == 0
-    assert step.layers[0].rank is None
+    assert step.layers[0].detail.rank is None
     assert any("kept dense" in w for w in result.report.warnings)
     assert torch.allclose(result.module(x), model(x))
 
@@ -115,14 +116,14 @@ def test_svd_llm_energy_and_report_match_direct_computation(minilm) -> None:
 
     x = inputs(captured.data.calibration)
     w = module.weight.detach().double()
-    assert layer.rank == _whitened_rank(w, x.T @ x, 0.9)
+    assert layer.detail.rank == _whitened_rank(w, x.T @ x, 0.9)
     params = dict(result.module.named_parameters())
     approx = (params[f"model.{path}.factor_out"] @ params[f"model.{path}.factor_in"]).detach()
     approx = approx.double()
     xh = inputs(captured.data.heldout)
     direct = float(torch.linalg.norm((w - approx) @ xh.T) / torch.linalg.norm(w @ xh.T))
-    assert layer.heldout_rel_error == pytest.approx(direct, rel=1e-3)
-    assert 0 < layer.predicted_loss <= 0.1 + 1e-9
+    assert layer.detail.heldout_rel_error == pytest.approx(direct, rel=1e-3)
+    assert 0 < layer.detail.predicted_loss <= 0.1 + 1e-9
 
 
 def test_budget_keeps_each_role_within_its_share(minilm) -> None:
@@ -136,7 +137,7 @@ def test_budget_keeps_each_role_within_its_share(minilm) -> None:
         members = [lp for lp in layers if f".{role}." in lp.path]
         assert len(members) == 6
         dense = sum(lp.shape[0] * lp.shape[1] for lp in members)
-        kept = sum(lp.rank * (lp.shape[0] + lp.shape[1]) for lp in members)
+        kept = sum(lp.detail.rank * (lp.shape[0] + lp.shape[1]) for lp in members)
         assert kept <= 0.4 * dense
         assert kept > 0.4 * dense - max(lp.shape[0] + lp.shape[1] for lp in members)
-    assert len({lp.rank for lp in layers}) > 2  # ranks differ across depth
+    assert len({lp.detail.rank for lp in layers}) > 2  # ranks differ across depth

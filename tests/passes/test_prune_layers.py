@@ -51,9 +51,9 @@ def test_block_influence_equals_direct_numpy(scored) -> None:
     result, h, n = scored
     bi = [1 - _cos(h[i], h[i + 1]).mean() for i in range(n)]
     layers = result.report.steps[0].layers
-    np.testing.assert_allclose([lp.score for lp in layers], bi, rtol=1e-6)
+    np.testing.assert_allclose([lp.detail.score for lp in layers], bi, rtol=1e-6)
     lowest = sorted(np.argsort(bi, kind="stable")[:2])
-    assert [i for i, lp in enumerate(layers) if lp.removed] == lowest
+    assert [i for i, lp in enumerate(layers) if lp.detail.removed] == lowest
 
 
 def test_angular_removes_the_closest_contiguous_run(scored, minilm) -> None:
@@ -63,14 +63,14 @@ def test_angular_removes_the_closest_contiguous_run(scored, minilm) -> None:
              for lo in range(n - count + 1)]
         step = PruneLayers(layers="encoder.layer", mode="remove", count=count, by="angular")
         result = surgeon.apply(minilm.module, [step], tokenizer=minilm.tokenizer)
-        removed = [i for i, lp in enumerate(result.report.steps[0].layers) if lp.removed]
+        removed = [i for i, lp in enumerate(result.report.steps[0].layers) if lp.detail.removed]
         start = int(np.argmin(d))
         assert removed == list(range(start, start + count))
 
 
 def test_removed_blocks_leave_the_graph_and_the_parameters(scored) -> None:
     result, _, _ = scored
-    removed = [lp.path for lp in result.report.steps[0].layers if lp.removed]
+    removed = [lp.path for lp in result.report.steps[0].layers if lp.detail.removed]
     names = [n for n, _ in result.module.named_parameters()]
     for path in removed:
         assert not any(n.startswith(f"model.{path}.") for n in names)
@@ -86,7 +86,8 @@ def test_removed_blocks_leave_the_graph_and_the_parameters(scored) -> None:
 def test_baseline_selection(minilm, mode: str, count: int, by: str, expected: list[int]) -> None:
     step = PruneLayers(layers="encoder.layer", mode=mode, count=count, by=by)
     result = surgeon.apply(minilm.module, [step], tokenizer=minilm.tokenizer)
-    assert [i for i, lp in enumerate(result.report.steps[0].layers) if lp.removed] == expected
+    layers = result.report.steps[0].layers
+    assert [i for i, lp in enumerate(layers) if lp.detail.removed] == expected
 
 
 def test_where_threshold_removes_every_block_below_it(scored, minilm) -> None:
@@ -95,7 +96,7 @@ def test_where_threshold_removes_every_block_below_it(scored, minilm) -> None:
     threshold = float(np.sort(bi)[2] + 1e-9)  # the three lowest fall below
     step = PruneLayers(layers="encoder.layer", mode="where", threshold=threshold)
     result = surgeon.apply(minilm.module, [step], tokenizer=minilm.tokenizer)
-    removed = [i for i, lp in enumerate(result.report.steps[0].layers) if lp.removed]
+    removed = [i for i, lp in enumerate(result.report.steps[0].layers) if lp.detail.removed]
     assert removed == sorted(np.flatnonzero(bi < threshold).tolist()) and len(removed) == 3
 
 
@@ -176,4 +177,4 @@ def test_report_directory_is_reproducible(tmp_path: Path, monkeypatch) -> None:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert (a / "line3_prune_layers.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((a / "report.json").read_text())
-    assert "seconds" not in report and report["steps"][0]["layers"][0]["score"] > 0
+    assert "seconds" not in report and report["steps"][0]["layers"][0]["detail"]["score"] > 0

@@ -1,0 +1,27 @@
+"""The papers the catalogues cite, each declared once."""
+
+from surgeon.catalogue import Paper
+
+ECKART_YOUNG = Paper("The approximation of one matrix by another of lower rank",
+                     "Eckart and Young", 1936)
+ASVD = Paper("ASVD: Activation-aware Singular Value Decomposition for Compressing Large "
+             "Language Models", "Yuan et al.", 2023, "2312.05821")
+SVD_LLM = Paper("SVD-LLM: Truncation-aware Singular Value Decomposition for Large Language "
+                "Model Compression", "Wang et al.", 2024, "2403.07378")
+FWSVD = Paper("Language model compression with weighted low-rank factorization",
+              "Hsu et al.", 2022, "2207.00112")
+SHORTGPT = Paper("ShortGPT: Layers in Large Language Models are More Redundant Than You Expect",
+                 "Men et al.", 2024, "2403.03853")
+DEEPER_LAYERS = Paper("The Unreasonable Ineffectiveness of the Deeper Layers",
+                      "Gromov et al.", 2024, "2403.17887")
+REASSESSING = Paper("Reassessing Layer Pruning in LLMs: New Insights and Methods",
+                    "Lu et al.", 2024, "2411.15558")
+LORA = Paper("LoRA: Low-Rank Adaptation of Large Language Models", "Hu et al.", 2021,
+             "2106.09685")
+DORA = Paper("DoRA: Weight-Decomposed Low-Rank Adaptation", "Liu et al.", 2024, "2402.09353")
+PISSA = Paper("PiSSA: Principal Singular Values and Singular Vectors Adaptation of Large "
+              "Language Models", "Meng et al.", 2024, "2404.02948")
+EVA = Paper("One Initialization to Rule them All: Fine-tuning via Explained Variance "
+            "Adaptation", "Paischer et al.", 2024, "2410.07170")
+SBERT = Paper("Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
+              "Reimers and Gurevych", 2019, "1908.10084")

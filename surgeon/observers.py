@@ -1,0 +1,82 @@
+"""Observers: the calibration statistics a pass can ask for, by name.
+
+An observer watches one kind of site while the calibration data runs through
+the graph and folds what it sees into an accumulator, without storing
+activations (a Gram is O(in^2) per layer, whatever the data size):
+
+- on "input":         a linear layer's input x, as (real tokens, features) float64;
+- on "heldout_input": the same on the held-out batches (for reported errors);
+- on "weight_grad":   the gradient of a linear's weight (FWSVD's Fisher);
+- on "blocks":        hidden states at the boundaries of a layer list.
+
+A new statistic is one `OBSERVERS.add(...)` here: surgeon/calibration.py runs
+every observer requested of a site in the same pass over the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+Site = Literal["input", "heldout_input", "weight_grad", "blocks"]
+
+
+def _same(total: torch.Tensor, tokens: int) -> torch.Tensor:
+    return total
+
+
+def _per_token(total: torch.Tensor, tokens: int) -> torch.Tensor:
+    return total / max(tokens, 1)
+
+
+@dataclass(frozen=True)
+class Observer:
+    name: str
+    summary: str
+    site: Site
+    # (what it saw, as the site hands it over) -> this batch's contribution; summed
+    update: Callable[[torch.Tensor], torch.Tensor] | None
+    finish: Callable[[torch.Tensor, int], torch.Tensor] = _same  # (sum, tokens) -> value
+
+
+class Observers:
+    def __init__(self) -> None:
+        self._by_name: dict[str, Observer] = {}
+
+    def add(self, observer: Observer) -> None:
+        if observer.name in self._by_name:
+            raise ValueError(f"observer {observer.name!r} is already registered")
+        self._by_name[observer.name] = observer
+
+    def __getitem__(self, name: str) -> Observer:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ValueError(f"unknown statistic {name!r} "
+                             f"(known: {', '.join(self._by_name)})") from None
+
+    def __iter__(self) -> Iterator[Observer]:
+        return iter(self._by_name.values())
+
+    def on(self, site: Site) -> list[Observer]:
+        return [o for o in self._by_name.values() if o.site == site]
+
+
+OBSERVERS = Observers()
+OBSERVERS.add(Observer("gram", "sum of x x^T over real tokens (SVD-LLM's whitening, EVA)",
+                       "input", lambda x: x.T @ x))
+OBSERVERS.add(Observer("abs_mean", "mean |x| per input channel (ASVD's scaling)", "input",
+                       lambda x: x.abs().sum(0), _per_token))
+OBSERVERS.add(Observer("mean", "mean x per input channel (centres the Gram: EVA)", "input",
+                       lambda x: x.sum(0), _per_token))
+OBSERVERS.add(Observer("heldout_gram", "the Gram on held-out batches (reported output error)",
+                       "heldout_input", lambda x: x.T @ x))
+OBSERVERS.add(Observer("fisher_rows", "per output row, summed squared weight gradients "
+                       "(FWSVD)", "weight_grad", lambda g: g.double().pow(2).sum(1)))
+OBSERVERS.add(Observer("blocks", "token-mean cosine and angular distance between hidden "
+                       "states at every pair of block boundaries (ShortGPT, Gromov et al.)",
+                       "blocks", None))
