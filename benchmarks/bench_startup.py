@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +30,9 @@ PROBE = ("import sys, runpy; sys.argv = ['surgeon', *sys.argv[1:]]\n"
 
 def wall(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     t0 = time.perf_counter()
+    # run outside the checkout, so PYTHONPATH (or the installed package) decides what loads
     out = subprocess.run([sys.executable, "-c", PROBE, *argv], env=env, capture_output=True,
-                         text=True)
+                         text=True, cwd=tempfile.gettempdir())
     seconds = time.perf_counter() - t0
     heavy = [ln.split(" ", 1)[1] for ln in out.stderr.splitlines() if ln.startswith("HEAVY ")]
     return seconds, heavy[-1] if heavy else "?"
@@ -51,6 +53,9 @@ def main() -> None:
         times = [t for t, _ in runs]
         print(f"| surgeon {name} | {statistics.median(times):.3f} | {min(times):.3f} | "
               f"{runs[-1][1]} |")
+    probe = subprocess.run([sys.executable, "-c", "import surgeon; print(surgeon.__file__)"],
+                           env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    print(f"\nsurgeon from {probe.stdout.strip()}")
 
 
 if __name__ == "__main__":

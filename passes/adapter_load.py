@@ -22,6 +22,7 @@ import torch
 from surgeon.adapters import DoraAdapter, LoraAdapter, check_free, freeze_base, install, layer_plan
 from surgeon.capture import LinearSite
 from surgeon.diagnostics import UserError
+from surgeon.finite import nonfinite
 from surgeon.ir import AdapterLoad
 from surgeon.registry import LayerPlan, Pass, PassContext, PassResult, register_pass
 from surgeon.rewrite import finish
@@ -45,6 +46,9 @@ def read_peft(path: str) -> tuple[dict, dict[str, PeftLayer]]:
         tensors = safetensors.torch.load_file(str(d / "adapter_model.safetensors"))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"adapter load {path!r}: not a PEFT adapter directory ({e})") from None
+    bad = nonfinite(tensors.items())
+    if bad:
+        raise UserError(f"adapter load {path!r}: NaN or infinite values in {', '.join(bad)}")
     if not isinstance(config, dict):
         raise UserError(f"adapter load {path!r}: adapter_config.json is not a JSON object")
     if config.get("peft_type") != "LORA":

@@ -40,15 +40,23 @@ def _tokenizer_for(src: ir.ModelSource) -> Any | None:
 
 
 def compile(spec: ir.Spec | str | Path, model: nn.Module | None = None, *,  # noqa: A001
-            trust_code: bool = False, progress: bool = False) -> CompileResult:
-    """Compile a spec. `model` replaces the spec's model (same architecture expected)."""
+            trust_code: bool = False, progress: bool = False,
+            allow_outside: bool | None = None) -> CompileResult:
+    """Compile a spec. `model` replaces the spec's model (same architecture expected).
+
+    A spec file writes only inside its own directory unless allow_outside=True; spec
+    text and Spec objects (the caller wrote them) may write anywhere unless
+    allow_outside=False. Neither ever replaces data surgeon did not write."""
     spec = as_spec(spec)
+    if allow_outside is None:
+        allow_outside = spec.source_file is None
     loaded = None
     if model is not None:
         tokenizer = None if spec.inputs else _tokenizer_for(spec.model)
         max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         loaded = LoadedModel(model.eval(), tokenizer, None, max_pos)
-    return compile_spec(spec, loaded, trust_code=trust_code, progress=progress)
+    return compile_spec(spec, loaded, trust_code=trust_code, progress=progress,
+                        allow_outside=allow_outside)
 
 
 def plan(spec: ir.Spec | str | Path, *, trust_code: bool = False) -> dict[str, Any]:

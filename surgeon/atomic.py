@@ -4,7 +4,10 @@ A failure at any point leaves the previous file (or nothing) at the
 destination, never a half-written one. Inside `transaction()` the renames wait
 for the end of the block, so the outputs of one compile land together or not
 at all: a later output that fails its own check (ONNX parity, HF reload)
-does not leave the earlier ones behind.
+does not leave the earlier ones behind, and a rename that fails at the very
+end (or a signal arriving then) puts back what the earlier renames replaced.
+Every directory written here carries surgeon's marker file (surgeon/outputs.py),
+so a later compile knows it may replace it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
+from surgeon.outputs import MARKER, marker_text
+
 Action = Callable[[], None]
 # (commits, aborts) of the open transaction, or None: rename at once
-_open: ContextVar[tuple[list[Action], list[Action]] | None] = ContextVar("_open", default=None)
+_open: ContextVar[tuple[list[Callable[[], _Undo]], list[Action]] | None] = ContextVar(
+    "_open", default=None)
 
 
 @contextlib.contextmanager
@@ -29,25 +35,94 @@ def transaction() -> Iterator[None]:
     if _open.get() is not None:  # nested: the outer block decides
         yield
         return
-    commits: list[Action] = []
+    commits: list[Callable[[], _Undo]] = []
     aborts: list[Action] = []
     token = _open.set((commits, aborts))
     try:
         yield
     except BaseException:
-        for abort in reversed(aborts):  # later writes may sit in directories made earlier
-            abort()
+        _abort(aborts)
         raise
     finally:
         _open.reset(token)
-    for commit in commits:
-        commit()
+    undos: list[_Undo] = []
+    try:
+        for commit in commits:
+            undos.append(commit())
+    except BaseException:
+        for undo in reversed(undos):  # put back what the earlier renames replaced
+            undo()
+        _abort(aborts)
+        raise
+    for undo in undos:
+        undo.done()
 
 
-def _land(commit: Action, abort: Action) -> None:
+def _abort(aborts: list[Action]) -> None:
+    for abort in reversed(aborts):  # later writes may sit in directories made earlier
+        with contextlib.suppress(OSError):
+            abort()
+
+
+class _Undo:
+    """Undoes one rename: the new copy goes back where it was staged (the abort then
+    removes it) and the old one, kept aside in `holder`, returns. `done` drops the
+    old copy once every rename of the transaction has succeeded."""
+
+    def __init__(self, path: Path, staged: Path, holder: Path | None):
+        self.path, self.staged, self.holder = path, staged, holder
+
+    def __call__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.replace(self.path, self.staged)
+        if self.holder is not None:
+            os.replace(self.holder / "x", self.path)
+        self.done()
+
+    def done(self) -> None:
+        if self.holder is not None:
+            shutil.rmtree(self.holder, ignore_errors=True)
+            self.holder = None
+
+
+class _Several(_Undo):
+    """The undo of renaming several files into one directory (ONNX and its sidecar)."""
+
+    def __init__(self, undos: list[_Undo], staging: Path):
+        self.undos, self.staging = undos, staging
+
+    def __call__(self) -> None:
+        for undo in reversed(self.undos):
+            undo()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def done(self) -> None:
+        for undo in self.undos:
+            undo.done()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _swap(staged: Path, path: Path) -> _Undo:
+    """Rename `staged` over `path`, keeping the old `path` aside until the transaction ends."""
+    holder = None
+    if os.path.lexists(path):
+        holder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                       dir=path.parent))
+        os.replace(path, holder / "x")
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        if holder is not None:
+            os.replace(holder / "x", path)
+            shutil.rmtree(holder, ignore_errors=True)
+        raise
+    return _Undo(path, staged, holder)
+
+
+def _land(commit: Callable[[], _Undo], abort: Action) -> None:
     pending = _open.get()
     if pending is None:
-        commit()
+        commit().done()
     else:
         pending[0].append(commit)
         pending[1].append(abort)
@@ -90,7 +165,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         _unlink(tmp)
         undo_parents()
         raise
-    _land(lambda: os.replace(tmp, path), lambda: (_unlink(tmp), undo_parents()))
+    _land(lambda: _swap(Path(tmp), path), lambda: (_unlink(tmp), undo_parents()))
 
 
 def _unlink(path: str) -> None:
@@ -115,6 +190,7 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     undo_parents = _make_parents(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        (tmp / MARKER).write_text(marker_text(), encoding="utf-8")
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         for f in tmp.rglob("*"):
@@ -124,18 +200,8 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         undo_parents()
         raise
-    _land(lambda: _replace_dir(tmp, path),
+    _land(lambda: _swap(tmp, path),
           lambda: (shutil.rmtree(tmp, ignore_errors=True), undo_parents()))
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.replace(path, old / "x")
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -155,9 +221,8 @@ def staged_files(directory: str | Path) -> Iterator[Path]:
         undo_parents()
         raise
 
-    def commit() -> None:
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, directory / f.name)
-        shutil.rmtree(tmp, ignore_errors=True)
+    def commit() -> _Undo:
+        undos = [_swap(f, directory / f.name) for f in sorted(tmp.iterdir())]
+        return _Several(undos, tmp)
 
     _land(commit, lambda: (shutil.rmtree(tmp, ignore_errors=True), undo_parents()))

@@ -9,14 +9,18 @@ at once); the commands that load a model import them when they run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
 
 from surgeon.diagnostics import EXIT_USER, PassError, SpecError, UserError, VerifyError
+from surgeon.json_safe import dumps
 
 # Piped output gets a fixed wide layout instead of rich's 80-column fallback.
 _console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -30,14 +34,23 @@ def _add_common(p: argparse.ArgumentParser, spec: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def _allow_outside(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-outside", action="store_true",
+                   help="let the spec write outside its own directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="surgeon", description="declarative model surgery")
     sub = ap.add_subparsers(dest="command", required=True)
-    _add_common(sub.add_parser("check", help="parse and validate a spec (no model load)"))
+    k = sub.add_parser("check", help="parse and validate a spec, and where it writes "
+                                     "(no model load)")
+    _add_common(k)
+    _allow_outside(k)
     _add_common(sub.add_parser("plan", help="dry run: targets, ranks, params, FLOPs"))
     _add_common(sub.add_parser("graph", help="the model's linear layers, to write targets"))
     c = sub.add_parser("compile", help="run the passes, verify, write the artifacts")
     _add_common(c)
+    _allow_outside(c)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(sub.add_parser("schema", help="JSON schema of the spec IR"), spec=False)
     _add_common(sub.add_parser("methods", help="the method catalogues, with their papers"),
@@ -52,11 +65,15 @@ def _load(path: str):
 
 
 def cmd_check(args: argparse.Namespace) -> dict[str, Any]:
+    from surgeon.outputs import destinations
+
     spec = _load(args.spec)
+    found = destinations(spec, allow_outside=args.allow_outside)
     if not args.json:
         _console.print(f"{args.spec}: ok ({len(spec.steps)} steps, {len(spec.checks)} checks, "
                        f"{len(spec.outputs)} outputs)")
-    return {"ok": True, "spec": spec.model_dump(mode="json"), "canonical": spec.to_text()}
+    return {"ok": True, "spec": spec.model_dump(mode="json"), "canonical": spec.to_text(),
+            "writes": [str(d.path) for d in found]}
 
 
 def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,10 +88,12 @@ def cmd_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_graph(args: argparse.Namespace) -> dict[str, Any]:
     from surgeon.driver import capture_spec
+    from surgeon.outputs import anchored
     from surgeon.sources import load_model
 
     spec = _load(args.spec)
-    _, captured = capture_spec(spec, load_model(spec.model, args.trust_code))
+    source = anchored(spec)
+    _, captured = capture_spec(source, load_model(source.model, args.trust_code))
     sites = captured.linear_sites()
     rows = [{"path": s.path, "out_features": s.out_features, "in_features": s.in_features,
              "bias": s.bias, "params": s.params} for s in sites.values()]
@@ -102,7 +121,8 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
     from surgeon.report import render
 
     progress = not args.json and not args.quiet and sys.stderr.isatty()
-    result = compile_spec(_load(args.spec), trust_code=args.trust_code, progress=progress)
+    result = compile_spec(_load(args.spec), trust_code=args.trust_code, progress=progress,
+                          allow_outside=args.allow_outside)
     if not args.json:
         render(result.report, _console)
     return result.report.model_dump(mode="json")
@@ -148,6 +168,11 @@ def _error_json(e: Exception, code: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _sigterm_raises():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     handler = {"check": cmd_check, "plan": cmd_plan, "graph": cmd_graph,
                "compile": cmd_compile, "schema": cmd_schema,
                "methods": cmd_methods}[args.command]
@@ -156,22 +181,45 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, VerifyError, PassError) as e:
         code = getattr(e, "exit_code", EXIT_USER)
         if args.json:
-            print(json.dumps(_error_json(e, code)))
+            print(dumps(_error_json(e, code)))
         print(e.format(), file=sys.stderr)  # never wrapped: editors parse file:line:col
         return code
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - a bug of ours: say so plainly, trace on request
         if os.environ.get("SURGEON_DEBUG"):
             raise
         if args.json:
-            print(json.dumps(_error_json(e, 1)))
+            print(dumps(_error_json(e, 1)))
         print(f"internal error: {type(e).__name__}: {e}\n(this is a surgeon bug; rerun with "
               "SURGEON_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(out, default=str))
+        print(dumps(out))
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so staged outputs are cleaned up as for ^C."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def entry() -> None:

@@ -9,6 +9,7 @@ held-out set; a user's file is shuffled with the spec's seed and split.
 from __future__ import annotations
 
 import random
+import stat
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -21,6 +22,9 @@ from surgeon.diagnostics import UserError
 
 HELDOUT = 64
 BATCH = 16
+MAX_TEXT_BYTES = 64 << 20  # a calibration text file; a few thousand lines is plenty
+MAX_TEXT_LINES = 1_000_000
+_LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
                 "bool": torch.bool}
@@ -55,10 +59,7 @@ def split_texts(cal: ir.Calibrate) -> tuple[list[str], list[str]]:
         pool, heldout = lines[:-HELDOUT], lines[-HELDOUT:]
     else:
         path = Path(cal.path or "")
-        try:
-            lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
-        except OSError as e:
-            raise UserError(f"cannot read calibration text {str(path)!r}: {e.strerror}") from None
+        lines = [s.strip() for s in read_text_file(path).splitlines() if s.strip()]
         if len(lines) < 2:
             raise UserError(f"calibration text {str(path)!r} needs at least 2 non-empty lines")
         random.Random(cal.seed).shuffle(lines)
@@ -70,6 +71,37 @@ def split_texts(cal: ir.Calibrate) -> tuple[list[str], list[str]]:
         raise UserError(f"calibrate asks for {cal.samples} samples but only {len(pool)} "
                         "lines are left for calibration after holding out the verify set")
     return pool[: cal.samples], heldout
+
+
+def read_text_file(path: Path) -> str:
+    """A calibration text file, bounded: a regular file (not a device such as /dev/zero,
+    nor a pipe) of at most MAX_TEXT_BYTES and MAX_TEXT_LINES lines, in UTF-8."""
+    what = f"calibration text {str(path)!r}"
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # before open(): opening a FIFO blocks
+            raise UserError(f"{what} is not a regular file",
+                            "give a text file with one sample per line")
+        with path.open("rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {what}: {e.strerror}") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise UserError(f"{what} is larger than {MAX_TEXT_BYTES >> 20} MiB",
+                        "calibration needs a few thousand lines at most; cut the file "
+                        "(e.g. head -n 100000)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{what} is not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset "
+                        f"{e.start} (line {line})", "save the file as UTF-8") from None
+    # the line ends str.splitlines() splits at, a \r\n counted once
+    lines = sum(text.count(c) for c in _LINE_ENDS) - text.count("\r\n")
+    if lines > MAX_TEXT_LINES:
+        raise UserError(f"{what} has {lines} lines, more than {MAX_TEXT_LINES}",
+                        "calibration needs a few thousand lines at most; cut the file "
+                        "(e.g. head -n 100000)")
+    return text
 
 
 def _tokenize(tokenizer: Any, texts: list[str], seqlen: int) -> Batch:

@@ -7,11 +7,41 @@ Exit codes are part of the CLI contract: 2 for bad input (spec, model, targets),
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 EXIT_USER = 2
 EXIT_VERIFY = 3
+
+QUOTE = 200  # characters of a token or source line quoted in a message, at most
+_LINE = 2 * QUOTE  # characters of one message line, at most
+_LINES = 40  # lines of one message, at most
+_LONG_WORD = re.compile(r"\S{" + str(QUOTE + 1) + ",}")
+
+
+def clip(text: str, limit: int = QUOTE) -> str:
+    """`text`, or its first `limit` - 1 characters and an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bounded(message: str) -> str:
+    """A message a terminal can show: long words (a quoted token or path, say) clipped
+    to QUOTE characters, long lines to twice that, and at most _LINES lines."""
+    if len(message) <= QUOTE and "\n" not in message:
+        return message
+    lines = [clip(_LONG_WORD.sub(lambda m: clip(m.group()), line), _LINE)
+             for line in message.split("\n")]
+    if len(lines) > _LINES:
+        lines = [*lines[: _LINES - 1], f"... ({len(lines) - _LINES + 1} more lines)"]
+    return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """Control characters as U+FFFD, tabs as one space: one column per character, so a
+    caret under column N sits under character N."""
+    return "".join(" " if c == "\t" else "\ufffd" if c < " " or c == "\x7f" else c
+                   for c in text)
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
@@ -32,9 +62,10 @@ class UserError(Exception):
     exit_code = EXIT_USER
 
     def __init__(self, message: str, hint: str | None = None):
+        message = bounded(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = bounded(hint) if hint else hint
 
     def format(self) -> str:
         text = f"error: {self.message}"
@@ -68,15 +99,34 @@ class SpecError(UserError):
     def format(self) -> str:
         w = self.where
         gutter = f"{w.line:>4} | "
-        caret = " " * (len(gutter) - 2) + "| " + " " * (w.column - 1) + "^" * max(1, w.width)
+        source, column, width = _window(w.source_line, w.column, w.width)
+        caret = " " * (len(gutter) - 2) + "| " + " " * (column - 1) + "^" * width
         head = f"{w.file}:{w.line}:{w.column}: error: {self.message}"
-        lines = [head, gutter + w.source_line, caret]
+        lines = [head, gutter + source, caret]
         if self.hint:
             lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.format()
+
+
+def _window(line: str, column: int, width: int) -> tuple[str, int, int]:
+    """At most QUOTE characters of a source line around the caret: (text, column, width)."""
+    column, width = max(column, 1), max(width, 1)
+    if len(line) <= QUOTE:
+        text, col = _printable(line), column
+    else:
+        start = max(0, min(column - 1 - QUOTE // 4, len(line) - QUOTE))
+        end = start + QUOTE
+        text = _printable(line[start:end])
+        if start:
+            text = "…" + text[1:]
+        if end < len(line):
+            text = text[:-1] + "…"
+        col = column - start
+    # the caret may sit one past the end of the line (a statement that ends too early)
+    return text, col, max(1, min(width, len(text) - col + 2))
 
 
 class VerifyError(Exception):

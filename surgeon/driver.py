@@ -17,12 +17,13 @@ from torch import fx, nn
 
 import surgeon.emit  # noqa: F401 - registers the emitters
 import surgeon.passes  # noqa: F401 - registers the passes
-from surgeon import atomic, ir
+from surgeon import atomic, finite, ir
 from surgeon.calibration import CalibrationStats
 from surgeon.capture import Captured, capture, entry_point
 from surgeon.corpus import calibration_data
 from surgeon.diagnostics import PassError, UserError
 from surgeon.emit.registry import EmitContext, emitter_for
+from surgeon.outputs import anchored, destinations
 from surgeon.progress import Progress, bar
 from surgeon.registry import PassContext, pass_for
 from surgeon.report import ArtifactReport, CompileReport, StepReport
@@ -43,10 +44,16 @@ class CompileResult:
         run_passes(self.captured, tuple(steps), self.report)
         return self
 
-    def write(self, outputs: Any) -> list[ArtifactReport]:
-        """Write artifacts (ExportOnnx, Save, SaveHF, SaveAdapters, Report) of the graph now."""
+    def write(self, outputs: Any, *, allow_outside: bool = True) -> list[ArtifactReport]:
+        """Write artifacts (ExportOnnx, Save, SaveHF, SaveAdapters, Report) of the graph now.
+        Relative paths are relative to the spec's directory (the working directory for
+        spec text); anywhere may be written unless allow_outside=False, but never over
+        data surgeon did not write."""
+        outputs = tuple(outputs)
         spec = self.spec or ir.Spec(model=ir.ModelSource(source="python", ref="api:model"))
-        ctx = EmitContext(self.captured, spec, self.loaded, self.report)
+        found = destinations(spec, allow_outside=allow_outside, outputs=outputs)
+        ctx = EmitContext(self.captured, spec, self.loaded, self.report,
+                          {d.output: d.path for d in found})
         with atomic.transaction():  # all outputs land, or none
             written = [emitter_for(o).write(ctx, o) for o in outputs]
         self.report.artifacts += written
@@ -54,19 +61,21 @@ class CompileResult:
 
 
 def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code: bool = False,
-                 progress: bool = False) -> CompileResult:
+                 progress: bool = False, allow_outside: bool = False) -> CompileResult:
     t0 = time.perf_counter()
     check_outputs(spec)
-    loaded = loaded or load_model(spec.model, trust_code)
-    reference, captured = capture_spec(spec, loaded)
+    paths = {d.output: d.path for d in destinations(spec, allow_outside=allow_outside)}
+    source = anchored(spec)  # reads relative to the spec; the report keeps the spec as written
+    loaded = loaded or load_model(source.model, trust_code)
+    reference, captured = capture_spec(source, loaded)
     with bar(2 + len(spec.steps) + len(spec.outputs), progress) as advance:
         report = CompileReport(spec=spec.to_text(), params_before=captured.num_params(),
                                params_after=captured.num_params())
-        run_passes(captured, spec.steps, report, advance)
+        run_passes(captured, source.steps, report, advance)
         advance("verify on held-out inputs")
         report.fidelity = fidelity(reference, captured.gm, captured.data.heldout)
         report.verify = check(spec.checks, report.fidelity)
-        ctx = EmitContext(captured, spec, loaded, report)
+        ctx = EmitContext(captured, spec, loaded, report, paths)
         with atomic.transaction():  # all outputs land, or none
             for out in spec.outputs:
                 advance(f"write {out.path}")
@@ -146,6 +155,7 @@ def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport
     done: list[str] = []
     stats: CalibrationStats | None = None
     served = 0  # steps[:served] have had their statistics requested of `stats`
+    finite.check_weights(captured.gm, "the model")  # NaN/Inf in: the user's (exit 2)
     for i, step in enumerate(steps):
         p = pass_for(step)
         line = step.span.line if step.span else None
@@ -153,6 +163,7 @@ def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport
         if stats is None or i >= served:  # fresh, or the graph survived an invalidating step
             stats, n = statistics_for(captured, steps[i:], advance, stats)
             served = i + n
+            finite.check_statistics(stats)  # the user's model overflowed on the data (exit 2)
             report.seconds["calibration"] = report.seconds.get("calibration", 0.0) + \
                 time.perf_counter() - t0
         before, nodes = captured.num_params(), len(captured.gm.graph.nodes)
@@ -161,6 +172,7 @@ def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport
         try:
             result = p.run(ctx, step)
             captured.gm.graph.lint()
+            finite.check_after_pass(captured.gm)  # NaN/Inf out: the pass's (PassError)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - reported with pass name, history and spec line
@@ -193,11 +205,12 @@ def plan_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *,
     so each step is planned against the model the steps before it produced.
     """
     check_outputs(spec)
-    loaded = loaded or load_model(spec.model, trust_code)
-    _, captured = capture_spec(spec, loaded)
+    source = anchored(spec)
+    loaded = loaded or load_model(source.model, trust_code)
+    _, captured = capture_spec(source, loaded)
     before = captured.num_params()
     report = CompileReport(spec=spec.to_text(), params_before=before, params_after=before)
-    run_passes(captured, spec.steps, report)
+    run_passes(captured, source.steps, report)
     steps = [{
         "kind": step.kind, "line": done.line, "text": step.to_text(), "targets": done.targets,
         "layers": [lp.model_dump() for lp in done.layers], "params_delta": done.params_delta,

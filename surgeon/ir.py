@@ -47,8 +47,14 @@ MIN_OPSET, MAX_OPSET = 18, 23
 _KINDS: dict[str, type[Node]] = {}  # every declared kind, in declaration order
 
 
+# Strict: a boolean is not a number and a string is not a number (YAML and JSON specs
+# give `samples: true` or `rank: "8"` as they are), an integer field takes no float, and
+# NaN or infinity is no number anywhere. A float field takes an integer.
+_CONFIG = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
 class Span(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _CONFIG
     line: int
     column: int
     end_line: int
@@ -66,9 +72,18 @@ class NodeError(ValueError):
 class Node(BaseModel):
     """A spec statement or part of one. `keyword` is its leading spec text."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _CONFIG
     keyword: ClassVar[str] = ""
     span: Span | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, data: Any) -> Any:
+        """Strict mode takes only tuples for tuple fields; YAML, JSON and the parser
+        give lists."""
+        if isinstance(data, dict) and any(isinstance(v, list) for v in data.values()):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return data
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

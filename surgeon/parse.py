@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
@@ -24,12 +25,25 @@ from lark import Lark, Token
 from pydantic import ValidationError
 
 from surgeon import ir, syntax
-from surgeon.diagnostics import Location, SpecError, UserError, hint_for
+from surgeon.diagnostics import Location, SpecError, UserError, clip, hint_for
 
 _PLACEHOLDERS = {"STRING": "a quoted string", "NUMBER": "a number", "NAME": "a name",
                  "CMP": "'>=' or '<='", "_NL": "end of line", "$END": "end of file"}
 _VALUES = frozenset({"STRING", "NUMBER", "NAME", "CMP"})  # every other token is a keyword
 _MAX_EXPONENT = 30  # integers past 1e30 are refused before int() builds them
+# Bounds that keep `surgeon check` fast and small on any input; real specs are a few KB.
+MAX_SPEC_BYTES = 256 << 10  # a spec file (text, YAML or JSON)
+MAX_SPEC_LINES = 10_000
+MAX_LINE_LENGTH = 10_000  # characters; a target glob has at most 4096
+MAX_SPEC_TOKENS = 10_000  # words, values and symbols of a text spec
+# about the tokens lark makes, counted before parsing (Lark.lex() builds a new lexer on
+# each call, which costs more than parsing a small spec): strings, comments (not counted),
+# words and numbers, line ends, symbols
+_ROUGH_TOKEN = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"?|#[^\n]*|[A-Za-z0-9_.]+|\n\s*|[^\s\w.]')
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a \uXXXX escape can name half a character
+MAX_DATA_EVENTS = 20_000  # YAML events read before a YAML spec is refused as too large
+MAX_DATA_NODES = 10_000  # values in a YAML or JSON spec, aliases counted each time used
+MAX_DATA_DEPTH = 32  # nesting of a YAML or JSON spec
 
 
 @cache
@@ -126,29 +140,44 @@ def _value(tok: Token, annotation: Any, field: str) -> Any:
         return _integer(tok, "a dimension" if get_origin(base) is tuple else field)
     value = float(tok)
     if not math.isfinite(value):
-        raise _Located(f"{field} {tok} is out of range", tok)
+        raise _Located(f"{field} {clip(str(tok))} is out of range", tok)
     return value
 
 
 def _integer(tok: Token, what: str) -> int:
-    """Exact: digits parse as themselves, never through a float; 2.0 and 1e3 are whole."""
+    """Exact: digits parse as themselves, never through a float; 2.0 and 1e3 are whole.
+    NUMBER is ASCII digits only (grammar/surgery.lark)."""
     text = str(tok)
-    if text.isdigit():
+    if text.isdigit() and len(text.lstrip("0")) <= _MAX_EXPONENT + 1:
         return int(text)
     number = Decimal(text)
     if number.adjusted() > _MAX_EXPONENT:
-        raise _Located(f"{what} {tok} is out of range", tok)
+        raise _Located(f"{what} {clip(text)} is out of range", tok)
     if number != number.to_integral_value():
-        raise _Located(f"{what} must be a whole number, got {tok}", tok)
+        raise _Located(f"{what} must be a whole number, got {clip(text)}", tok)
     return int(number)
 
 
 def _string(tok: Token) -> str:
     try:
-        return json.loads(tok, strict=False)  # strict=False: a literal tab is fine
+        value = json.loads(tok, strict=False)  # strict=False: a literal tab is fine
     except json.JSONDecodeError:
         raise _Located("invalid escape in string (escapes follow JSON: \\\\ \\\" \\n \\t "
                        "\\uXXXX); on Windows write paths with '/'", tok) from None
+    problem = _bad_text(value)
+    if problem:
+        raise _Located(f"invalid string: {problem}", tok)
+    return value
+
+
+def _bad_text(value: str) -> str | None:
+    """What makes a spec string unusable as a name or a path, if anything."""
+    half = _SURROGATE.search(value)
+    if half:
+        return f"\\u{ord(half.group()):04x} is half of a surrogate pair, not a character"
+    if "\x00" in value:
+        return "it holds a NUL character, which no path or name may"
+    return None
 
 
 # ---------------------------------------------------------------- tree -> IR
@@ -274,10 +303,7 @@ def _assemble(stmts: list[ir.Node]) -> ir.Spec:
 def load_spec(path: str | Path) -> ir.Spec:
     """Read a .surg, .yaml/.yml or .json spec; all three give the same IR."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read spec {str(path)!r}: {e.strerror}") from None
+    text = _read_spec(path)
     if path.suffix in (".yaml", ".yml", ".json"):
         spec = _load_structured(text, path)
     else:
@@ -285,26 +311,107 @@ def load_spec(path: str | Path) -> ir.Spec:
     return spec.model_copy(update={"source_file": str(path)})
 
 
+def _read_spec(path: Path) -> str:
+    """The spec's text: at most MAX_SPEC_BYTES (also from a pipe or a device), UTF-8."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read spec {str(path)!r}: {e.strerror}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise UserError(f"spec {str(path)!r} is larger than {MAX_SPEC_BYTES // 1024} KiB; "
+                        "a spec is a short list of statements")
+    try:
+        return data.decode("utf-8-sig")  # a byte order mark is dropped
+    except UnicodeDecodeError as e:
+        raise _not_utf8(data, e, str(path)) from None
+
+
+def _not_utf8(data: bytes, e: UnicodeDecodeError, file: str) -> SpecError:
+    """Where the first byte that is not UTF-8 sits: line, column and byte offset."""
+    line = data.count(b"\n", 0, e.start) + 1
+    start = data.rfind(b"\n", 0, e.start) + 1
+    end = data.find(b"\n", e.start)
+    src = data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
+    column = len(data[start : e.start].decode("utf-8", "replace")) + 1
+    return SpecError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start}",
+                     Location(file, line, column, src.removesuffix("\r")),
+                     "save the spec as UTF-8")
+
+
 def _load_structured(text: str, path: Path) -> ir.Spec:
     import yaml
 
+    kind = path.suffix[1:].upper()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            _check_yaml_size(text, path)
+            data = yaml.load(text, Loader=_yaml_loader())  # a safe loader
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+        raise UserError(f"{path}: not valid {kind}: {e}") from None
+    except (ValueError, RecursionError) as e:  # [[[[...]]]]; an integer of 5000 digits
+        what = ("nested too deeply" if isinstance(e, RecursionError) else
+                "a number has too many digits" if str(e).startswith("Exceeds the limit") else
+                str(e))
+        raise UserError(f"{path}: not valid {kind}: {what}") from None
+    _check_data_size(data, path)
     try:
         return ir.Spec.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
         msg, _, hint = str(first["msg"]).removeprefix("Value error, ").partition("; did you mean")
         raise UserError(f"{path}: {loc}: {msg}",
                         f"did you mean{hint}" if hint else None) from None
 
 
+def _yaml_loader() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when there: 4x faster
+
+
+def _check_yaml_size(text: str, path: Path) -> None:
+    """Refuse a YAML spec of more than MAX_DATA_EVENTS events before building any of it."""
+    loader = _yaml_loader()(text)
+    try:
+        for _ in range(MAX_DATA_EVENTS):
+            if not loader.check_event():
+                return
+            loader.get_event()
+    finally:
+        loader.dispose()
+    raise UserError(f"{path}: too large: more than {MAX_DATA_EVENTS} YAML events")
+
+
+def _check_data_size(data: Any, path: Path) -> None:
+    """At most MAX_DATA_NODES values nested at most MAX_DATA_DEPTH deep. YAML aliases count
+    each time they are used (the IR validates them as copies), so an alias bomb stops here."""
+    todo: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    for _ in range(MAX_DATA_NODES):
+        if not todo:
+            return
+        value, loc = todo.pop()
+        if len(loc) > MAX_DATA_DEPTH:
+            raise UserError(f"{path}: nested more than {MAX_DATA_DEPTH} levels deep")
+        if isinstance(value, dict):
+            todo += [(k, (*loc, k)) for k in value if isinstance(k, str)]
+            todo += [(v, (*loc, k)) for k, v in value.items()]
+        elif isinstance(value, list | tuple | set | frozenset):
+            todo += [(v, (*loc, i)) for i, v in enumerate(value)]
+        elif isinstance(value, str) and _bad_text(value):
+            where = ".".join(str(p) for p in loc) or "(top level)"
+            raise UserError(f"{path}: {where}: invalid string: {_bad_text(value)}")
+    if todo:
+        raise UserError(f"{path}: too large: more than {MAX_DATA_NODES} values")
+
+
 def parse_spec(text: str, file: str = "<spec>") -> ir.Spec:
     lines = [line.removesuffix("\r") for line in text.split("\n")]  # lark ends lines at \n only
     source = text if text.endswith("\n") else text + "\n"
+    _check_size(source, lines, file)
     try:
         return ToIR().transform(parser().parse(source))
     except lark.exceptions.VisitError as e:  # from start(): lark wraps its errors
@@ -315,6 +422,33 @@ def parse_spec(text: str, file: str = "<spec>") -> ir.Spec:
         raise _located_error(e, lines, file) from None
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, lines, file) from None
+
+
+def _check_size(source: str, lines: list[str], file: str) -> None:
+    """Refuse a spec past MAX_SPEC_BYTES, MAX_SPEC_LINES, MAX_LINE_LENGTH or MAX_SPEC_TOKENS
+    before parsing: each is far beyond a real spec, and lexing a very long token or run of
+    blank lines takes memory in proportion (the regular expressions repeat a group)."""
+    if len(source) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a short "
+                        "list of statements", _where(lines, file, 1, 1))
+    if len(lines) > MAX_SPEC_LINES + 1:  # the text after the last line end counts as a line
+        raise SpecError(f"spec has more than {MAX_SPEC_LINES} lines",
+                        _where(lines, file, MAX_SPEC_LINES + 1, 1))
+    longest = max(range(len(lines)), key=lambda i: len(lines[i]))
+    if len(lines[longest]) > MAX_LINE_LENGTH:
+        raise SpecError(f"line is longer than {MAX_LINE_LENGTH} characters",
+                        _where(lines, file, longest + 1, MAX_LINE_LENGTH + 1))
+    count = 0
+    for m in _ROUGH_TOKEN.finditer(source):
+        if m.group().startswith("#"):
+            continue
+        count += 1
+        if count > MAX_SPEC_TOKENS:
+            line = source.count("\n", 0, m.start()) + 1
+            column = m.start() - source.rfind("\n", 0, m.start())
+            raise SpecError(f"spec has more than {MAX_SPEC_TOKENS} words, values and symbols; "
+                            "a spec is a short list of statements",
+                            _where(lines, file, line, column, len(m.group().rstrip())))
 
 
 def _where(lines: list[str], file: str, line: int, column: int, width: int = 1) -> Location:
@@ -392,5 +526,5 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, lines: list[str], file: st
     where = _where(lines, file, line, column, len(str(tok)))
     if tok.type == "NAME" and words:
         hint = hint_for(str(tok), words) or hint_for(str(tok), keywords())
-        return SpecError(f"unknown keyword {str(tok)!r}; expected {expected}", where, hint)
-    return SpecError(f"unexpected {str(tok)!r}; expected {expected}", where)
+        return SpecError(f"unknown keyword {clip(str(tok))!r}; expected {expected}", where, hint)
+    return SpecError(f"unexpected {clip(str(tok))!r}; expected {expected}", where)

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 from rich.console import Console
 from rich.table import Table
 
+from surgeon.json_safe import json_safe
 from surgeon.registry import LayerPlan
 
 
-class StepReport(BaseModel):
+class _JsonSafe(BaseModel):
+    """model_dump(mode="json") gives valid JSON: a NaN or infinite float (a fidelity
+    metric of a diverged model, a layer's error) is written as null, never as a bare
+    NaN/Infinity token that JSON parsers reject. Python-mode dumps keep the floats."""
+
+    @model_serializer(mode="wrap")
+    def _finite_json(self, handler: SerializerFunctionWrapHandler,
+                     info: SerializationInfo) -> Any:
+        data = handler(self)
+        return json_safe(data) if info.mode_is_json() else data
+
+
+class StepReport(_JsonSafe):
     kind: str
     line: int | None
     targets: list[str]
@@ -24,7 +43,7 @@ class StepReport(BaseModel):
     layers: list[LayerPlan] = Field(default_factory=list)
 
 
-class ArtifactReport(BaseModel):
+class ArtifactReport(_JsonSafe):
     kind: str
     path: str
     bytes: int
@@ -34,7 +53,7 @@ class ArtifactReport(BaseModel):
     seconds: float
 
 
-class CompileReport(BaseModel):
+class CompileReport(_JsonSafe):
     spec: str | None = None
     params_before: int
     params_after: int

@@ -19,9 +19,10 @@ def hf(model, batch) -> torch.Tensor:
 
 
 def onnx(path, batch):
-    """An exported text model in onnxruntime (CPU): last_hidden_state as numpy."""
+    """An exported model in onnxruntime (CPU), fed the batch's inputs in order: its first
+    output (last_hidden_state for text models) as numpy."""
     import onnxruntime as ort
 
-    feeds = {"input_ids": batch.inputs[0].numpy(), "attention_mask": batch.inputs[1].numpy()}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), batch.inputs, strict=True)}
     return session.run(None, feeds)[0]

@@ -1,5 +1,6 @@
 """The shared statistics collector equals a direct computation on activations
-stored with forward hooks on the eager model, and runs over the data once."""
+stored with forward hooks on the eager model, and runs over the data once. On the
+2-layer tiny BERT (MiniLM's layout, narrower)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from surgeon.calibration import CalibrationStats
 from surgeon.capture import capture, entry_point
 from surgeon.corpus import text_data
 
-PATHS = ("encoder.layer.1.attention.self.value", "encoder.layer.4.output.dense")
+PATHS = ("encoder.layer.0.attention.self.value", "encoder.layer.1.output.dense")
 
 
 @pytest.fixture(scope="module")
-def collected(minilm):
-    data = text_data(minilm.tokenizer, ir.Calibrate(samples=24, seqlen=48, seed=2),
-                     minilm.max_positions)
-    entry, prefix, name = entry_point(minilm.module, text=True)
+def collected(tiny_bert):
+    data = text_data(tiny_bert.tokenizer, ir.Calibrate(samples=24, seqlen=48, seed=2),
+                     tiny_bert.max_positions)
+    entry, prefix, name = entry_point(tiny_bert.module, text=True)
     captured = capture(entry, data, prefix, name)
     stats = CalibrationStats(captured)
     for p in PATHS:
@@ -28,26 +29,26 @@ def collected(minilm):
     return entry, captured, stats
 
 
-def _stored_inputs(entry, minilm, batches, path: str) -> torch.Tensor:
-    return stored_inputs(entry, minilm.module.get_submodule(path), batches)
+def _stored_inputs(entry, tiny_bert, batches, path: str) -> torch.Tensor:
+    return stored_inputs(entry, tiny_bert.module.get_submodule(path), batches)
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_collector_equals_stored_activations(collected, minilm, path: str) -> None:
+def test_collector_equals_stored_activations(collected, tiny_bert, path: str) -> None:
     entry, captured, stats = collected
-    x = _stored_inputs(entry, minilm, captured.data.calibration, path)
+    x = _stored_inputs(entry, tiny_bert, captured.data.calibration, path)
     s = stats[path]
     assert s.tokens == x.shape[0] == int(sum(b.mask.sum() for b in captured.data.calibration))
     torch.testing.assert_close(s["gram"], x.T @ x, rtol=1e-9, atol=1e-7)
     torch.testing.assert_close(s["abs_mean"], x.abs().mean(0), rtol=1e-9, atol=1e-9)
-    held = _stored_inputs(entry, minilm, captured.data.heldout, path)
+    held = _stored_inputs(entry, tiny_bert, captured.data.heldout, path)
     torch.testing.assert_close(s["heldout_gram"], held.T @ held, rtol=1e-9, atol=1e-7)
 
 
-def test_fisher_rows_equal_direct_autograd(collected, minilm) -> None:
+def test_fisher_rows_equal_direct_autograd(collected, tiny_bert) -> None:
     entry, captured, stats = collected
     path = PATHS[0]
-    weight = minilm.module.get_submodule(path).weight
+    weight = tiny_bert.module.get_submodule(path).weight
     total = torch.zeros(weight.shape[0], dtype=torch.float64)
     for i, batch in enumerate(captured.data.calibration):
         weight.grad = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from surgeon import ir
@@ -16,8 +17,14 @@ def _capture(loaded):
     return entry, capture(entry, data, prefix, name)
 
 
-def test_minilm_linears_resolve_to_module_paths(minilm) -> None:
-    _, captured = _capture(minilm)
+@pytest.fixture(scope="module")
+def minilm_captured(minilm):
+    """MiniLM captured once for the tests that only read the graph."""
+    return _capture(minilm)
+
+
+def test_minilm_linears_resolve_to_module_paths(minilm, minilm_captured) -> None:
+    _, captured = minilm_captured
     sites = captured.linear_sites()
     assert len(sites) == 6 * 6  # q, k, v, attn out, ffn in, ffn out; the unused pooler is dropped
     assert "pooler.dense" not in sites
@@ -29,8 +36,8 @@ def test_minilm_linears_resolve_to_module_paths(minilm) -> None:
     assert torch.equal(captured.gm.get_parameter(ffn.weight), module.weight)
 
 
-def test_captured_graph_is_dynamic_in_batch_and_seq(minilm) -> None:
-    entry, captured = _capture(minilm)
+def test_captured_graph_is_dynamic_in_batch_and_seq(minilm, minilm_captured) -> None:
+    entry, captured = minilm_captured
     texts = ["short", "a noticeably longer sentence that needs more tokens than the first", "x"]
     enc = minilm.tokenizer(texts, padding=True, return_tensors="pt")
     args = (enc["input_ids"], enc["attention_mask"])

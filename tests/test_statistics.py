@@ -55,7 +55,7 @@ def test_factorize_after_prune_whitens_with_the_pruned_models_grams(llama4_dir) 
         assert (got - _whitened(w, stale, 4)).norm() > 1e-3 * want.norm()  # it matters
 
 
-def test_steps_that_see_the_same_graph_share_one_pass(llama4_dir, monkeypatch) -> None:
+def test_steps_that_see_the_same_graph_share_one_pass(monkeypatch) -> None:
     from surgeon import calibration
 
     runs = []
@@ -66,15 +66,15 @@ def test_steps_that_see_the_same_graph_share_one_pass(llama4_dir, monkeypatch) -
         return original(self, progress)
 
     monkeypatch.setattr(calibration.CalibrationStats, "collect", counted)
-    spec = (f'model hf "{llama4_dir}"\ncalibrate text builtin samples 8 seqlen 16\n'
-            'adapter lora "layers.0.self_attn.q_proj" rank 2 alpha 4 init eva\n'
-            'factorize "layers.1.mlp.up_proj" rank 4 method svd_llm\n'
-            'factorize "layers.2.mlp.up_proj" rank 4 method asvd\n')
-    surgeon.compile(spec)
+    spec = ('model python "toy_models:tiny_stack"\ninput "x" float32[batch, 16]\n'
+            'calibrate random samples 16\n'
+            'adapter lora "layers.0.up" rank 2 alpha 4 init eva\n'
+            'factorize "layers.1.up" rank 4 method svd_llm\n'
+            'factorize "layers.2.up" rank 4 method asvd\n')
+    surgeon.compile(spec, trust_code=True)
     # the adapter keeps the function, so it shares the first pass with the first factorize;
     # that factorize changes what layer 2 sees, so the second one collects afresh
-    assert runs == [["layers.0.self_attn.q_proj", "layers.1.mlp.up_proj"],
-                    ["layers.2.mlp.up_proj"]]
+    assert runs == [["layers.0.up", "layers.1.up"], ["layers.2.up"]]
 
 
 def test_steps_after_an_invalidating_step_that_changed_nothing_get_their_statistics(

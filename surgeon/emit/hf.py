@@ -92,7 +92,7 @@ def save_hf(ctx: EmitContext, out: ir.SaveHF) -> ArtifactReport:
     cfg = hf_config(loaded.module.config, kept)
     model = type(loaded.module)(cfg).eval()
     model.load_state_dict(state, strict=True)
-    with atomic.staged_dir(out.path) as d, quiet():
+    with atomic.staged_dir(ctx.path(out)) as d, quiet():
         model.save_pretrained(d, safe_serialization=True)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(d)

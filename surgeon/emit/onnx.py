@@ -24,6 +24,7 @@ from surgeon import atomic, ir
 from surgeon.capture import Captured, quiet
 from surgeon.corpus import Batch
 from surgeon.emit.registry import EmitContext, register_emitter
+from surgeon.outputs import ONNX_MARK
 from surgeon.report import ArtifactReport
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -54,6 +55,7 @@ def to_onnx(captured: Captured, opset: int) -> onnx.ModelProto:
         )
     proto = program.model_proto
     _name_dims(proto, captured)
+    proto.doc_string = ONNX_MARK  # lets a later compile replace this file (surgeon/outputs.py)
     return proto
 
 
@@ -73,19 +75,18 @@ def export_onnx(ctx: EmitContext, out: ir.ExportOnnx) -> ArtifactReport:
     captured = ctx.captured
     proto = to_onnx(captured, out.opset)
     if proto.ByteSize() > PROTOBUF_LIMIT:
-        return _export_external(proto, captured, out, t0)
+        return _export_external(proto, captured, out, ctx.path(out), t0)
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
     diff = _check_parity(data, captured)
-    atomic.write_bytes(out.path, data)
+    atomic.write_bytes(ctx.path(out), data)
     return ArtifactReport(kind="onnx", path=out.path, bytes=len(data),
                           sha256=hashlib.sha256(data).hexdigest(), ort_max_abs_diff=diff,
                           seconds=time.perf_counter() - t0)
 
 
 def _export_external(proto: onnx.ModelProto, captured: Captured, out: ir.ExportOnnx,
-                     t0: float) -> ArtifactReport:
-    path = Path(out.path)
+                     path: Path, t0: float) -> ArtifactReport:
     with atomic.staged_files(path.parent) as d:
         staged = d / path.name
         onnx.save_model(proto, str(staged), save_as_external_data=True,

@@ -90,7 +90,7 @@ def _pattern(values: dict[str, float]) -> tuple[float, dict[str, float]]:
 def save_adapters(ctx: EmitContext, out: ir.SaveAdapters) -> ArtifactReport:
     t0 = time.perf_counter()
     tensors, config = peft_tensors(ctx.captured)
-    with atomic.staged_dir(out.path) as d:
+    with atomic.staged_dir(ctx.path(out)) as d:
         safetensors.torch.save_file(tensors, str(d / "adapter_model.safetensors"))
         (d / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         digest, size = atomic.digest(d)

@@ -9,7 +9,8 @@ declare they do (surgeon/registry.py), before any work is done.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from surgeon import ir
@@ -25,6 +26,11 @@ class EmitContext:
     spec: ir.Spec
     loaded: Any  # surgeon.sources.LoadedModel, or None (a model handed to the Python API)
     report: CompileReport
+    paths: dict[Any, Path] = field(default_factory=dict)  # output -> checked destination
+
+    def path(self, out: Any) -> Path:
+        """Where an output is written: its destination as surgeon/outputs.py resolved it."""
+        return self.paths[out]
 
 
 @dataclass(frozen=True)

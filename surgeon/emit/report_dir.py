@@ -1,6 +1,10 @@
 """`report "dir"`: report.json (the --json report without timings, so the same
 spec and seed give the same bytes) and a bar chart of the block scores of each
-`prune layers` step."""
+`prune layers` step.
+
+report.json is always valid JSON: the report's JSON dump writes NaN and infinite
+floats as null (surgeon/report.py), and it is serialised with allow_nan=False so a
+bare NaN can never reach the file."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import time
 
 from surgeon import atomic, ir
 from surgeon.emit.registry import EmitContext, register_emitter
+from surgeon.json_safe import json_safe
 from surgeon.report import ArtifactReport, StepReport
 
 _NO_TIMES = {"seconds": True, "steps": {"__all__": {"seconds"}},
@@ -42,8 +47,9 @@ def score_chart(step: StepReport, name: str) -> bytes:
 def write_report(ctx: EmitContext, out: ir.Report) -> ArtifactReport:
     t0 = time.perf_counter()
     report = ctx.report
-    data = json.dumps(report.model_dump(mode="json", exclude=_NO_TIMES), indent=2, sort_keys=True)
-    with atomic.staged_dir(out.path) as d:
+    data = json.dumps(json_safe(report.model_dump(mode="json", exclude=_NO_TIMES)), indent=2,
+                      sort_keys=True, allow_nan=False)
+    with atomic.staged_dir(ctx.path(out)) as d:
         (d / "report.json").write_text(data + "\n")
         for i, step in enumerate(report.steps, 1):
             if step.kind == "prune_layers":  # YAML specs have no lines: number by step

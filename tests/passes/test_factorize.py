@@ -1,5 +1,5 @@
 """factorize: the math against numpy, the graph rewrite structurally, and the
-break-even rule."""
+break-even rule. Text-model cases run on the tiny BERTs (MiniLM's layout, narrower)."""
 
 from __future__ import annotations
 
@@ -84,14 +84,15 @@ def test_rank_that_saves_nothing_keeps_the_layer_dense() -> None:
     assert torch.allclose(result.module(x), model(x))
 
 
-def test_factorized_minilm_layers_hold_the_planned_rank(minilm) -> None:
+def test_factorized_bert_layers_hold_the_planned_rank(tiny_bert) -> None:
     query = "encoder.layer.*.attention.self.query"
     steps = [Factorize(target=query, rank=ParamsFraction(percent=25))]
-    result = surgeon.apply(minilm.module, steps, tokenizer=minilm.tokenizer)
-    k = choose_rank(ParamsFraction(percent=25), 384, 384)
+    result = surgeon.apply(tiny_bert.module, steps, tokenizer=tiny_bert.tokenizer)
+    k = choose_rank(ParamsFraction(percent=25), 32, 32)
     shapes = {n: tuple(p.shape) for n, p in result.module.named_parameters() if "factor" in n}
-    assert len(shapes) == 12
-    assert {s for n, s in shapes.items() if n.endswith("factor_in")} == {(k, 384)}
+    assert len(shapes) == 4  # factor_in and factor_out on 2 layers
+    assert {s for n, s in shapes.items() if n.endswith("factor_in")} == {(k, 32)}
+    assert {s for n, s in shapes.items() if n.endswith("factor_out")} == {(32, k)}
     assert result.report.fidelity["cosine"] > 0.9
 
 
@@ -102,16 +103,17 @@ def _whitened_rank(weight: torch.Tensor, gram: torch.Tensor, fraction: float) ->
     return int(np.searchsorted(kept, fraction - 1e-12)) + 1
 
 
-def test_svd_llm_energy_and_report_match_direct_computation(minilm) -> None:
-    path = "encoder.layer.2.attention.self.key"
+def test_svd_llm_energy_and_report_match_direct_computation(tiny_bert) -> None:
+    path = "encoder.layer.1.attention.self.key"
     steps = [Factorize(target=path, rank=Energy(fraction=0.9), method="svd_llm")]
-    result = surgeon.apply(minilm.module, steps, tokenizer=minilm.tokenizer)
+    model = tiny_bert.module
+    result = surgeon.apply(model, steps, tokenizer=tiny_bert.tokenizer)
     layer = result.report.steps[0].layers[0]
     captured = result.captured
-    module = minilm.module.get_submodule(path)
+    module = model.get_submodule(path)
 
     def inputs(batches) -> torch.Tensor:
-        return stored_inputs(lambda ids, mask: minilm.module(input_ids=ids, attention_mask=mask),
+        return stored_inputs(lambda ids, mask: model(input_ids=ids, attention_mask=mask),
                              module, batches)
 
     x = inputs(captured.data.calibration)
@@ -126,16 +128,16 @@ def test_svd_llm_energy_and_report_match_direct_computation(minilm) -> None:
     assert 0 < layer.detail.predicted_loss <= 0.1 + 1e-9
 
 
-def test_budget_keeps_each_role_within_its_share(minilm) -> None:
+def test_budget_keeps_each_role_within_its_share(tiny_bert4) -> None:
     from surgeon.ir import Budget
 
     steps = [Factorize(target="encoder.layer.*.{intermediate,output}.dense",
                        rank=Budget(percent=40), method="svd_llm")]
-    result = surgeon.apply(minilm.module, steps, tokenizer=minilm.tokenizer)
+    result = surgeon.apply(tiny_bert4.module, steps, tokenizer=tiny_bert4.tokenizer)
     layers = result.report.steps[0].layers
     for role in ("intermediate", "output"):
         members = [lp for lp in layers if f".{role}." in lp.path]
-        assert len(members) == 6
+        assert len(members) == 4
         dense = sum(lp.shape[0] * lp.shape[1] for lp in members)
         kept = sum(lp.detail.rank * (lp.shape[0] + lp.shape[1]) for lp in members)
         assert kept <= 0.4 * dense
