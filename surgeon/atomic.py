@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from surgeon.outputs import MARKER, marker_text
 
@@ -154,7 +155,8 @@ def _make_parents(directory: Path) -> Action:
 def write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     undo_parents = _make_parents(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _made(undo_parents, tempfile.mkstemp, prefix=f".{path.name}.", suffix=".tmp",
+                    dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -166,6 +168,15 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         undo_parents()
         raise
     _land(lambda: _swap(Path(tmp), path), lambda: (_unlink(tmp), undo_parents()))
+
+
+def _made(undo_parents: Action, make: Callable[..., Any], **kwargs: Any) -> Any:
+    """The staging file or directory; if it cannot be made, the parents made for it go."""
+    try:
+        return make(**kwargs)
+    except BaseException:
+        undo_parents()
+        raise
 
 
 def _unlink(path: str) -> None:
@@ -188,7 +199,8 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty sibling directory; on success it replaces `path` whole."""
     path = Path(path)
     undo_parents = _make_parents(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(_made(undo_parents, tempfile.mkdtemp, prefix=f".{path.name}.", suffix=".tmp",
+                     dir=path.parent))
     try:
         (tmp / MARKER).write_text(marker_text(), encoding="utf-8")
         yield tmp
@@ -211,7 +223,8 @@ def staged_files(directory: str | Path) -> Iterator[Path]:
     side by side under their final names, as ONNX and its external data)."""
     directory = Path(directory)
     undo_parents = _make_parents(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=directory))
+    tmp = Path(_made(undo_parents, tempfile.mkdtemp, prefix=".staged.", suffix=".tmp",
+                     dir=directory))
     try:
         yield tmp
         for f in tmp.iterdir():

@@ -8,8 +8,10 @@ no output behind.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +56,7 @@ class CompileResult:
         found = destinations(spec, allow_outside=allow_outside, outputs=outputs)
         ctx = EmitContext(self.captured, spec, self.loaded, self.report,
                           {d.output: d.path for d in found})
-        with atomic.transaction():  # all outputs land, or none
+        with _disk_errors(), atomic.transaction():  # all outputs land, or none
             written = [emitter_for(o).write(ctx, o) for o in outputs]
         self.report.artifacts += written
         return written
@@ -76,13 +78,31 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
         report.fidelity = fidelity(reference, captured.gm, captured.data.heldout)
         report.verify = check(spec.checks, report.fidelity)
         ctx = EmitContext(captured, spec, loaded, report, paths)
-        with atomic.transaction():  # all outputs land, or none
+        with _disk_errors(), atomic.transaction():  # all outputs land, or none
             for out in spec.outputs:
                 advance(f"write {out.path}")
                 report.artifacts.append(emitter_for(out).write(ctx, out))
         advance("done")
     report.seconds["total"] = time.perf_counter() - t0
     return CompileResult(captured.gm, report, captured, spec, loaded)
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR}
+
+
+@contextlib.contextmanager
+def _disk_errors() -> Iterator[None]:
+    """A full, read-only or forbidding disk is the user's to fix (exit 2), not a bug;
+    the transaction has already put everything back when this sees it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        raise UserError(f"cannot write the outputs: {e.strerror or e}{where}; nothing was "
+                        "written") from None
 
 
 def check_outputs(spec: ir.Spec) -> None:

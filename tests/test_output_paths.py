@@ -158,3 +158,21 @@ def test_paths_that_name_nothing_are_refused(tmp_path: Path, capsys, out: str) -
     assert _check(tmp_path, out + "\n", "--allow-outside") == 2
     err = capsys.readouterr().err
     assert "names no file or directory" in err or "surgeon did not write" in err, err
+
+
+def test_a_full_disk_is_exit_2_and_writes_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out"))
+
+    spec = tmp_path / "s.surg"
+    spec.write_text('model python "toy_models:tiny_mlp"\ninput "x" float32[batch, 32]\n'
+                    'calibrate random samples 8\nfactorize "up" rank 4\n'
+                    'export onnx "out/m.onnx"\nsave "out/ckpt"\n')
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", full)
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", full)
+    assert main(["compile", str(spec), "--trust-code", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "internal error" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.surg"]
