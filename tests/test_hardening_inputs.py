@@ -16,7 +16,7 @@ from typing import Any
 import pydantic
 import pytest
 import yaml
-from test_targets import segments_match  # the brute-force reference matcher
+from test_targets import expand, segments_match  # the brute-force references
 
 from surgeon import ir, targets
 from surgeon.cli import main
@@ -62,25 +62,6 @@ def _check(path: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
 # ---------------------------------------------------------------- reference globs
 # The old implementation's meaning, by expansion: kept here (for small globs) to check
 # that matching without expansion means the same thing.
-def _expand(pattern: str) -> list[str]:
-    start = pattern.find("{")
-    if start < 0:
-        return [pattern]
-    depth = 0
-    for end in range(start, len(pattern)):
-        depth += {"{": 1, "}": -1}.get(pattern[end], 0)
-        if depth == 0:
-            break
-    parts, depth, cur = [], 0, ""
-    for c in pattern[start + 1 : end]:
-        depth += {"{": 1, "}": -1}.get(c, 0)
-        if c == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += c
-    return [x for alt in [*parts, cur]
-            for x in _expand(pattern[:start] + alt + pattern[end + 1 :])]
 
 
 
@@ -88,7 +69,7 @@ def _expand(pattern: str) -> list[str]:
 def _problems(pattern: str) -> set[str]:
     """The problems of the expanded patterns (the glob's braces balance, no empty alts)."""
     found = set()
-    for plain in _expand(pattern):
+    for plain in expand(pattern):
         segments = plain.split(".")
         if "" in segments:
             found.add("empty path segment")
@@ -131,7 +112,7 @@ def test_globs_mean_what_their_expansions_mean() -> None:
         valid += 1
         targets.check_glob(glob)
         expected = [p for p in PATHS
-                    if any(segments_match(e.split("."), p.split(".")) for e in _expand(glob))]
+                    if any(segments_match(e.split("."), p.split(".")) for e in expand(glob))]
         assert targets.match(glob, PATHS) == expected, glob
     assert valid > 800
 
@@ -149,7 +130,7 @@ def test_globs_mean_what_their_expansions_mean() -> None:
 def test_cross_brace_globs(glob: str, paths: list[str], expected: list[str]) -> None:
     assert targets.match(glob, paths) == expected
     assert targets.match(glob, paths) == [
-        p for p in paths if any(segments_match(e.split("."), p.split(".")) for e in _expand(glob))]
+        p for p in paths if any(segments_match(e.split("."), p.split(".")) for e in expand(glob))]
 
 
 @pytest.mark.parametrize("groups", [20, 24, 64, 800])
