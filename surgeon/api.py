@@ -16,7 +16,7 @@ from surgeon.driver import CompileResult, compile_spec, plan_spec, run_passes
 from surgeon.emit.checkpoint import load as load_checkpoint
 from surgeon.parse import load_spec, parse_spec
 from surgeon.report import CompileReport
-from surgeon.sources import LoadedModel, embedded_model_dir
+from surgeon.sources import EMBEDDED_CORPUS, LoadedModel, embedded_model_dir, is_causal_module
 from surgeon.verify import fidelity
 
 
@@ -54,7 +54,10 @@ def compile(spec: ir.Spec | str | Path, model: nn.Module | None = None, *,  # no
     if model is not None:
         tokenizer = None if spec.inputs else _tokenizer_for(spec.model)
         max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        loaded = LoadedModel(model.eval(), tokenizer, None, max_pos)
+        corpus = EMBEDDED_CORPUS.get(spec.model.ref, "sentences") \
+            if spec.model.source == "embedded" else "sentences"
+        loaded = LoadedModel(model.eval(), tokenizer, None, max_pos,
+                             tokenizer is not None and is_causal_module(model), corpus)
     return compile_spec(spec, loaded, trust_code=trust_code, progress=progress,
                         allow_outside=allow_outside)
 
@@ -85,13 +88,14 @@ def apply(model: nn.Module, steps: Sequence[Any], *,
             dim_names=names)
     else:
         raise ValueError("apply() needs a tokenizer (text models) or example_inputs")
-    entry, prefix, output_name = entry_point(model, tokenizer is not None)
+    causal = tokenizer is not None and is_causal_module(model)
+    entry, prefix, output_name = entry_point(model, tokenizer is not None, causal)
     captured = capture(entry, data, prefix, output_name)
     report = CompileReport(params_before=captured.num_params(), params_after=captured.num_params())
     run_passes(captured, tuple(steps), report)
-    report.fidelity = fidelity(entry, captured.gm, data.heldout)
+    report.fidelity = fidelity(entry, captured.gm, data.heldout, output_name)
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    loaded = LoadedModel(model, tokenizer, None, max_pos)
+    loaded = LoadedModel(model, tokenizer, None, max_pos, causal)
     return CompileResult(captured.gm, report, captured, None, loaded)
 
 

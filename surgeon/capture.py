@@ -38,6 +38,17 @@ class TextEncoder(nn.Module):
         return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
+class CausalLM(nn.Module):
+    """Fixed (input_ids, attention_mask) -> next-token logits of a *ForCausalLM."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
 @dataclass
 class LinearSite:
     """A dense linear layer in the graph, addressed by its module path."""
@@ -103,8 +114,11 @@ def export(module: nn.Module, example: tuple[torch.Tensor, ...],
         return torch.export.export(module, example, dynamic_shapes=dynamic_shapes, strict=False)
 
 
-def entry_point(model: nn.Module, text: bool) -> tuple[nn.Module, str, str]:
+def entry_point(model: nn.Module, text: bool, causal_lm: bool = False
+                ) -> tuple[nn.Module, str, str]:
     """(module to export, module-path prefix it adds, output name)."""
+    if text and causal_lm:
+        return CausalLM(model).eval(), TEXT_PREFIX, "logits"
     if text:
         return TextEncoder(model).eval(), TEXT_PREFIX, "last_hidden_state"
     return model.eval(), "", "output"

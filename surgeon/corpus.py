@@ -2,8 +2,9 @@
 
 Held-out samples are never used for calibration, so `verify` measures how the
 compiled model generalises rather than how well it fits what it was tuned on.
-The built-in corpus (surgeon/data/corpus.txt) keeps its last lines as the
-held-out set; a user's file is shuffled with the spec's seed and split.
+A built-in corpus keeps a fixed held-out set (the last lines of the sentences in
+surgeon/data/corpus.txt; the held-out paragraphs of data/books/, which bytellama
+never trained on); a user's file is shuffled with the spec's seed and split.
 """
 
 from __future__ import annotations
@@ -47,16 +48,29 @@ class CalibrationData:
     seed: int = 0  # the spec's calibrate seed; passes that draw random numbers start from it
 
 
-def builtin_lines() -> list[str]:
-    text = files("surgeon.data").joinpath("corpus.txt").read_text(encoding="utf-8")
+def _lines(name: str) -> list[str]:
+    text = files("surgeon.data").joinpath(name).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def split_texts(cal: ir.Calibrate) -> tuple[list[str], list[str]]:
+def builtin_lines() -> list[str]:
+    return _lines("corpus.txt")
+
+
+def builtin_split(corpus: str) -> tuple[list[str], list[str]]:
+    """(calibration pool, held-out lines) of a built-in corpus: `sentences`
+    (data/corpus.txt, its last lines held out) or `books` (data/books/: paragraphs of
+    public-domain novels, the last 5% of each book held out, as bytellama was trained)."""
+    if corpus == "books":
+        return _lines("books/train.txt"), _lines("books/heldout.txt")
+    lines = builtin_lines()
+    return lines[:-HELDOUT], lines[-HELDOUT:]
+
+
+def split_texts(cal: ir.Calibrate, corpus: str = "sentences") -> tuple[list[str], list[str]]:
     """(calibration lines, held-out lines), disjoint and deterministic in the seed."""
     if cal.corpus == "builtin":
-        lines = builtin_lines()
-        pool, heldout = lines[:-HELDOUT], lines[-HELDOUT:]
+        pool, heldout = builtin_split(corpus)
     else:
         path = Path(cal.path or "")
         lines = [s.strip() for s in read_text_file(path).splitlines() if s.strip()]
@@ -109,8 +123,9 @@ def _tokenize(tokenizer: Any, texts: list[str], seqlen: int) -> Batch:
     return Batch((enc["input_ids"], enc["attention_mask"]), enc["attention_mask"].bool())
 
 
-def text_data(tokenizer: Any, cal: ir.Calibrate, max_positions: int | None) -> CalibrationData:
-    train, held = split_texts(cal)
+def text_data(tokenizer: Any, cal: ir.Calibrate, max_positions: int | None,
+              corpus: str = "sentences") -> CalibrationData:
+    train, held = split_texts(cal, corpus)
     seq_max = min(cal.seqlen, max_positions) if max_positions else cal.seqlen
     chunks = lambda xs: [xs[i : i + BATCH] for i in range(0, len(xs), BATCH)]  # noqa: E731
     example = tokenizer(train[:2] * (2 if len(train) < 2 else 1), padding="max_length",
@@ -163,7 +178,8 @@ def random_data(sigs: tuple[ir.InputSig, ...], cal: ir.Calibrate) -> Calibration
     )
 
 
-def calibration_data(spec: ir.Spec, tokenizer: Any, max_positions: int | None) -> CalibrationData:
+def calibration_data(spec: ir.Spec, tokenizer: Any, max_positions: int | None,
+                     corpus: str = "sentences") -> CalibrationData:
     """Text models calibrate on text; models without a tokenizer on random inputs from
     their declared signature (the built-in corpus is for text models only)."""
     cal = spec.calibrate
@@ -172,4 +188,4 @@ def calibration_data(spec: ir.Spec, tokenizer: Any, max_positions: int | None) -
                         "use 'calibrate random' with declared inputs")
     if cal.corpus == "random" or tokenizer is None:
         return random_data(spec.inputs, cal)
-    return text_data(tokenizer, cal, max_positions)
+    return text_data(tokenizer, cal, max_positions, corpus)

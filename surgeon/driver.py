@@ -25,12 +25,13 @@ from surgeon.capture import Captured, capture, entry_point
 from surgeon.corpus import calibration_data
 from surgeon.diagnostics import PassError, UserError
 from surgeon.emit.registry import EmitContext, emitter_for
+from surgeon.methods.verify import METRICS
 from surgeon.outputs import anchored, destinations
 from surgeon.progress import Progress, bar
 from surgeon.registry import PassContext, pass_for
 from surgeon.report import ArtifactReport, CompileReport, StepReport
 from surgeon.sources import LoadedModel, load_model
-from surgeon.verify import check, fidelity
+from surgeon.verify import applicable, check, fidelity
 
 
 @dataclass
@@ -75,7 +76,8 @@ def compile_spec(spec: ir.Spec, loaded: LoadedModel | None = None, *, trust_code
                                params_after=captured.num_params())
         run_passes(captured, source.steps, report, advance)
         advance("verify on held-out inputs")
-        report.fidelity = fidelity(reference, captured.gm, captured.data.heldout)
+        report.fidelity = fidelity(reference, captured.gm, captured.data.heldout,
+                                   captured.output_name)
         report.verify = check(spec.checks, report.fidelity)
         ctx = EmitContext(captured, spec, loaded, report, paths)
         with _disk_errors(), atomic.transaction():  # all outputs land, or none
@@ -120,6 +122,10 @@ def check_outputs(spec: ir.Spec) -> None:
     for out in spec.outputs:
         needs = emitter_for(out)
         what = out.keyword
+        if needs.dtypes is not None and spec.model.dtype not in needs.dtypes:
+            raise UserError(f"{what} cannot write a {spec.model.dtype} model (it writes "
+                            f"{', '.join(needs.dtypes)})",
+                            "compile with another 'model ... dtype', or use save")
         if needs.needs_architecture and changed is not None:
             raise UserError(f"{what} needs architecture-preserving steps; {changed.keyword} "
                             "changes the architecture",
@@ -134,9 +140,16 @@ def check_outputs(spec: ir.Spec) -> None:
 
 def capture_spec(spec: ir.Spec, loaded: LoadedModel) -> tuple[nn.Module, Captured]:
     """(the eager reference entry point, its captured graph) for a spec's model."""
-    data = calibration_data(spec, loaded.tokenizer, loaded.max_positions)
+    data = calibration_data(spec, loaded.tokenizer, loaded.max_positions, loaded.corpus)
     text = data.input_names == ("input_ids", "attention_mask") and loaded.tokenizer is not None
-    entry, prefix, output_name = entry_point(loaded.module, text)
+    entry, prefix, output_name = entry_point(loaded.module, text, loaded.causal_lm)
+    for c in spec.checks:
+        if not applicable(c.metric, output_name):
+            at = f" (spec line {c.span.line})" if c.span else ""
+            raise UserError(f"verify {c.metric}{at} measures a causal language model's "
+                            f"next-token logits; this model's output is {output_name}",
+                            "use " + " or ".join(m.name for m in METRICS
+                                                 if applicable(m.name, output_name)))
     return entry, capture(entry, data, prefix, output_name)
 
 

@@ -40,7 +40,8 @@ from surgeon.methods import verify as verify_metrics
 from surgeon.syntax import Arg, Choice, Option
 from surgeon.targets import check_glob
 
-EMBEDDED_MODELS = ("minilm",)
+EMBEDDED_MODELS = ("minilm", "bytellama")
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 MIN_OPSET, MAX_OPSET = 18, 23
 
@@ -167,6 +168,9 @@ class ModelSource(Node):
                                 "(a 'package.module:factory' reference)")
     ref: Annotated[str, Arg()] = Field(description="the embedded model's name, the directory, "
                                                    "or the factory")
+    dtype: Annotated[str, Option(omit_default=True)] = Field(
+        "float32", description="the dtype the model runs and is written in (statistics and "
+                               "decompositions are computed in float32 or float64 regardless)")
 
     @field_validator("ref")
     @classmethod
@@ -178,6 +182,12 @@ class ModelSource(Node):
             _one_of("embedded model", v, EMBEDDED_MODELS)
         if source == "python" and ":" not in v:
             raise ValueError(f"python model {v!r} must be 'package.module:factory'")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        _one_of("model dtype", v, MODEL_DTYPES)
         return v
 
 
@@ -472,7 +482,8 @@ class Verify(Node):
         description="what is measured (a verify metric)")
     op: Annotated[Literal[">=", "<="], Arg(quoted=False)] = Field(
         description="the metric's bound: >= for similarities, <= for errors")
-    threshold: Annotated[float, Arg(quoted=False)] = Field(description="a finite number >= 0")
+    threshold: Annotated[float, Arg(quoted=False, hundredths=True)] = Field(
+        description="a finite number >= 0; a percentage is hundredths (5% is 0.05)")
 
     @field_validator("threshold")
     @classmethod

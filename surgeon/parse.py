@@ -94,6 +94,7 @@ class _Syntax:
     options: dict[str, str]  # keyword -> field
     choices: dict[str, str]  # keyword that is itself the value -> field
     nodes: dict[type, str]  # sub-node class -> field
+    hundredths: frozenset[str]  # fields whose value may be written as a percentage
 
 
 @cache
@@ -102,16 +103,19 @@ def _syntax(cls: type[ir.Node]) -> _Syntax:
     options: dict[str, str] = {}
     choices: dict[str, str] = {}
     nodes: dict[type, str] = {}
+    hundredths: set[str] = set()
     for name, info in cls.model_fields.items():
         mark = syntax.marker(info.metadata)
         nodes.update(dict.fromkeys(_node_types(info.annotation), name))
         if isinstance(mark, syntax.Arg):
             args.append(name)
+            if mark.hundredths:
+                hundredths.add(name)
         elif isinstance(mark, syntax.Option):
             options.update(dict.fromkeys(mark.keywords or (name,), name))
         elif isinstance(mark, syntax.Choice):
             choices.update(dict.fromkeys(get_args(_strip(info.annotation)), name))
-    return _Syntax(tuple(args), options, choices, nodes)
+    return _Syntax(tuple(args), options, choices, nodes, frozenset(hundredths))
 
 
 def _strip(annotation: Any) -> Any:
@@ -212,6 +216,7 @@ def _build(cls: type[ir.Node], children: list[Any], meta: Any) -> ir.Node:
     tokens: dict[str, Any] = {}
     args = iter(syn.args)
     current: str | None = None  # the field the last keyword announced
+    last: str | None = None  # the field the last value filled
     items = _items(children)
     head = cls.keyword.split()
     if [str(t) for t in items[: len(head)]] == head:
@@ -226,6 +231,8 @@ def _build(cls: type[ir.Node], children: list[Any], meta: Any) -> ir.Node:
                 tokens[syn.choices[word]] = item
             if word in syn.options:
                 current = syn.options[word]
+            if word == "%" and last in syn.hundredths:  # `<= 5%` is 0.05
+                fields[last] /= 100
         else:
             field = current or next(args, None)
             if field is None:  # the grammar and the IR declaration disagree: our bug
@@ -243,6 +250,7 @@ def _build(cls: type[ir.Node], children: list[Any], meta: Any) -> ir.Node:
                 current = field
             else:
                 fields[field], tokens[field], current = value, item, None
+            last = field
     try:
         return cls(span=_span(meta), **fields)
     except ValidationError as e:

@@ -116,6 +116,10 @@ def render(report: CompileReport, console: Console, layers: bool = True) -> None
         console.print(f"held-out fidelity: cosine {f['cosine']:.5f} (min {f['cosine_min']:.5f}), "
                       f"rel_error {f['rel_error']:.5f} over {int(f['positions'])} positions, "
                       f"embedding cosine {f['embedding_cosine']:.5f}")
+        if "perplexity" in f:
+            console.print(f"held-out language model: perplexity {f['perplexity_original']:.4f} "
+                          f"-> {f['perplexity']:.4f} ({f['perplexity_increase']:+.2%}), "
+                          f"KL {f['kl']:.5f}, top-1 agreement {f['top1']:.2%}")
     for v in report.verify:
         mark = "[green]pass[/]" if v["passed"] else "[red]FAIL[/]"
         console.print(f"verify {v['metric']} {v['op']} {v['threshold']:g}: "

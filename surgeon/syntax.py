@@ -27,6 +27,7 @@ class Arg:
 
     quoted: bool = True
     suffix: str = ""  # printed right after the value, e.g. "%"
+    hundredths: bool = False  # may be written as a percentage: `5%` is 0.05
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,42 @@ def make_llama(d: Path, layers: int, hidden: int = 64) -> Path:
     return _with_minilm_tokenizer(d)
 
 
+# Decoder families as transformers builds them: Llama, Llama with tied embeddings, Qwen2
+# (biases on q/k/v) and Mistral; each with the embedded bytellama's byte tokenizer.
+DECODERS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "llama-tied": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}),
+}
+
+
+def make_decoder(d: Path, family: str = "llama", layers: int = 2, hidden: int = 32) -> Path:
+    """A random *ForCausalLM (seed 0) saved as safetensors with a byte tokenizer. Weights
+    are drawn at std 0.1 (not 0.02) so next-token distributions are far from uniform."""
+    import transformers
+
+    config_name, model_name, extra = DECODERS[family]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, config_name)(
+        vocab_size=259, hidden_size=hidden, intermediate_size=3 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, bos_token_id=256, eos_token_id=257, pad_token_id=258,
+        use_cache=False, initializer_range=0.1, **extra)
+    getattr(transformers, model_name)(cfg).eval().save_pretrained(d, safe_serialization=True)
+    src = embedded_model_dir("bytellama")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, d / name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random LlamaForCausalLM, hidden 32, byte tokenizer: `model hf` loads it
+    with its head, as (input_ids, attention_mask) -> logits."""
+    return make_decoder(tmp_path_factory.mktemp("tiny-decoder"), "llama")
+
+
 def make_bert(d: Path, layers: int, hidden: int = 32) -> Path:
     """A random BERT (seed 0) shaped like MiniLM (BertModel, 4x feed-forward, GELU,
     512 positions, MiniLM's tokenizer), only narrower. Weights are drawn at about

@@ -37,7 +37,11 @@ INVALID: list[tuple[str, str, int, int, str, str | None]] = [
      "statement ends too early", None),
     # -- syntax: other tokens and characters
     ("extra-token", M + "verify cosine >= 0.9 extra\n", 2, 22,
+     "'extra'; expected '%' or end of line", None),
+    ("extra-token-after-percent", M + "verify cosine >= 90% extra\n", 2, 22,
      "unexpected 'extra'; expected end of line", None),
+    ("model-dtype", 'model "minilm" dtype bfloat61\n', 1, 22,
+     "unknown model dtype 'bfloat61'", "did you mean 'bfloat16'"),
     ("keyword-for-string", M + "factorize rank 4\n", 2, 11,
      "unexpected 'rank'; expected a quoted string", None),
     ("unterminated-string", M + 'save "out/x\n', 2, 6, "unterminated string", None),

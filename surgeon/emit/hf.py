@@ -4,7 +4,8 @@ Layer pruning keeps the architecture, only with fewer layers: the surviving
 layers are renumbered, config.json's num_hidden_layers and every per-layer
 list shrink to match, weights are written as safetensors and the tokenizer
 files copied. Before the directory is moved into place it is reloaded with
-transformers' AutoModel and compared with the compiled graph.
+transformers' AutoModel (AutoModelForCausalLM for a causal LM, its logits
+compared) and compared with the compiled graph.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import defaultdict
 import torch
 
 from surgeon import atomic, ir
-from surgeon.capture import Captured, TextEncoder, quiet
+from surgeon.capture import Captured, CausalLM, TextEncoder, quiet
 from surgeon.diagnostics import UserError
 from surgeon.emit.registry import EmitContext, register_emitter
 from surgeon.report import ArtifactReport
@@ -86,7 +87,7 @@ def save_hf(ctx: EmitContext, out: ir.SaveHF) -> ArtifactReport:
     captured, loaded = ctx.captured, ctx.loaded
     if loaded is None or loaded.source_dir is None or not hasattr(loaded.module, "config"):
         raise UserError("save hf needs a transformers model (model hf or an embedded model)")
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForCausalLM
 
     state, kept = hf_state(captured, loaded)
     cfg = hf_config(loaded.module.config, kept)
@@ -96,10 +97,12 @@ def save_hf(ctx: EmitContext, out: ir.SaveHF) -> ArtifactReport:
         model.save_pretrained(d, safe_serialization=True)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(d)
-        reloaded = AutoModel.from_pretrained(d, local_files_only=True).eval()
+        auto, entry = (AutoModelForCausalLM, CausalLM) if loaded.causal_lm else \
+            (AutoModel, TextEncoder)
+        reloaded = auto.from_pretrained(d, local_files_only=True, dtype=model.dtype).eval()
         batch = captured.data.heldout[0]
         with torch.no_grad():
-            diff = float((TextEncoder(reloaded)(*batch.inputs) - captured.gm(*batch.inputs))
+            diff = float((entry(reloaded)(*batch.inputs) - captured.gm(*batch.inputs))
                          .abs().max())
         if not diff <= RELOAD_TOLERANCE:
             raise RuntimeError(f"the transformers checkpoint reloads with outputs {diff:.3g} "

@@ -27,7 +27,8 @@ from surgeon.emit.registry import EmitContext, register_emitter
 from surgeon.report import ArtifactReport
 
 
-def peft_tensors(captured: Captured) -> tuple[dict[str, torch.Tensor], dict]:
+def peft_tensors(captured: Captured, causal_lm: bool = False
+                 ) -> tuple[dict[str, torch.Tensor], dict]:
     gm, prefix = captured.gm, captured.prefix
     modules = sorted({n.meta[ADAPTER_META]["module"] for n in adapter_nodes(gm)})
     if not modules:
@@ -55,7 +56,8 @@ def peft_tensors(captured: Captured) -> tuple[dict[str, torch.Tensor], dict]:
     rank, rank_pattern = _pattern(ranks)
     alpha, alpha_pattern = _pattern(alphas)
     config = {
-        "peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": alpha,
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM" if causal_lm else None, "r": rank, "lora_alpha": alpha,
         "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
         "lora_dropout": dropout, "target_modules": sorted(adapters), "bias": "none",
         "fan_in_fan_out": False, "init_lora_weights": True, "use_dora": dora,
@@ -89,7 +91,7 @@ def _pattern(values: dict[str, float]) -> tuple[float, dict[str, float]]:
 @register_emitter(ir.SaveAdapters, needs_adapters=True)
 def save_adapters(ctx: EmitContext, out: ir.SaveAdapters) -> ArtifactReport:
     t0 = time.perf_counter()
-    tensors, config = peft_tensors(ctx.captured)
+    tensors, config = peft_tensors(ctx.captured, bool(ctx.loaded and ctx.loaded.causal_lm))
     with atomic.staged_dir(ctx.path(out)) as d:
         safetensors.torch.save_file(tensors, str(d / "adapter_model.safetensors"))
         (d / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -40,17 +40,18 @@ class Emitter:
     # is left standing; adapters count as standing until a fold)
     needs_architecture: bool = False
     needs_adapters: bool = False  # adapters are in the final model
+    dtypes: tuple[str, ...] | None = None  # the model dtypes it can write (None: any)
 
 
 _EMITTERS: dict[type, Emitter] = {}
 
 
 def register_emitter(output_type: type, *, needs_architecture: bool = False,
-                     needs_adapters: bool = False):
+                     needs_adapters: bool = False, dtypes: tuple[str, ...] | None = None):
     def deco(fn: Callable[[EmitContext, Any], ArtifactReport]):
         if output_type in _EMITTERS:
             raise ValueError(f"an emitter for {output_type.__name__} is already registered")
-        _EMITTERS[output_type] = Emitter(fn, needs_architecture, needs_adapters)
+        _EMITTERS[output_type] = Emitter(fn, needs_architecture, needs_adapters, dtypes)
         return fn
 
     return deco

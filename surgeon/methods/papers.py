@@ -25,3 +25,4 @@ EVA = Paper("One Initialization to Rule them All: Fine-tuning via Explained Vari
             "Adaptation", "Paischer et al.", 2024, "2410.07170")
 SBERT = Paper("Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
               "Reimers and Gurevych", 2019, "1908.10084")
+ACCURACY_NOT_ALL = Paper("Accuracy is Not All You Need", "Dutta et al.", 2024, "2407.09141")
