@@ -292,12 +292,18 @@ def _causal_lm(d: Path, tie: bool, layers: int = 2) -> Path:
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_causal_lm_checkpoints_load_as_their_base_model(tmp_path: Path, tie: bool) -> None:
-    """Tied: lm_head is not stored. Untied: lm_head is a head AutoModel does not build."""
+def test_causal_lm_checkpoints_load_with_their_head(tmp_path: Path, tie: bool) -> None:
+    """Tied: lm_head is not stored and is the embedding. Untied: lm_head is stored."""
     d = _causal_lm(tmp_path / "clm", tie)
-    model = load_hf(d).module
+    loaded = load_hf(d)
+    model = loaded.module
+    assert loaded.causal_lm and type(model).__name__ == "LlamaForCausalLM"
     stored = safetensors.torch.load_file(str(d / "model.safetensors"))
-    torch.testing.assert_close(model.embed_tokens.weight, stored["model.embed_tokens.weight"])
+    torch.testing.assert_close(model.model.embed_tokens.weight,
+                               stored["model.embed_tokens.weight"])
+    assert ("lm_head.weight" in stored) == (not tie)
+    head = stored["model.embed_tokens.weight" if tie else "lm_head.weight"]
+    torch.testing.assert_close(model.lm_head.weight, head)
 
 
 def test_causal_lm_with_extra_layers_is_still_refused(tmp_path: Path) -> None:
