@@ -3,4 +3,11 @@
 Importing this package registers every pass; each import below is one pass.
 """
 
-from surgeon.passes import adapter, adapter_load, factorize, fold, prune_layers  # noqa: F401
+from surgeon.passes import (  # noqa: F401
+    adapter,
+    adapter_load,
+    factorize,
+    fold,
+    fold_norms,
+    prune_layers,
+)

@@ -472,6 +472,14 @@ class Fold(Step):
     keyword: ClassVar[str] = "fold"
 
 
+class FoldNorms(Step):
+    """Move every norm's learned scale (and LayerNorm's shift) into the linears that read
+    it, leaving the norms weightless; exact. Tied embeddings are untied first."""
+
+    kind: Literal["fold_norms"] = "fold_norms"
+    keyword: ClassVar[str] = "fold norms"
+
+
 # ---------------------------------------------------------------- checks + artifacts
 class Verify(Node):
     """Fail the compile (exit 3) unless a fidelity metric on held-out inputs meets a bound."""

@@ -25,6 +25,7 @@ CASES = {
                 'adapter lora "layers.*.up" rank 20 alpha 4 init pissa'),
     "adapter_load": ('adapter load "{peft}"',
                      'adapter load "{peft}"\nadapter load "{peft}"'),
+    "fold_norms": ('fold norms', 'fold norms\nsave adapters "x"'),
     "fold": ('adapter lora "layers.*.down" rank 2 alpha 4 init gaussian\nfold',
              'adapter lora "layers.0.down" rank 2 alpha 4\nfold\nsave adapters "x"'),
 }
