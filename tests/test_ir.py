@@ -251,7 +251,7 @@ def test_json_schema_discriminators() -> None:
                                                        "save_adapters", "report"}
     steps = schema["properties"]["steps"]["items"]
     assert set(steps["discriminator"]["mapping"]) == {"factorize", "prune_layers", "adapter",
-                                                       "adapter_load", "fold"}
+                                                       "adapter_load", "fold", "fold_norms"}
     rank = schema["$defs"]["Factorize"]["properties"]["rank"]
     assert rank["discriminator"]["propertyName"] == "kind"
     assert set(rank["discriminator"]["mapping"]) == {"rank", "params", "energy", "budget"}
