@@ -10,4 +10,5 @@ from surgeon.passes import (  # noqa: F401
     fold,
     fold_norms,
     prune_layers,
+    rotate_residual,
 )

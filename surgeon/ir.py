@@ -36,6 +36,7 @@ from surgeon.diagnostics import hint_for
 from surgeon.methods import adapter as adapter_methods
 from surgeon.methods import factorize as factorize_methods
 from surgeon.methods import prune as prune_methods
+from surgeon.methods import rotate as rotate_methods
 from surgeon.methods import verify as verify_metrics
 from surgeon.syntax import Arg, Choice, Option
 from surgeon.targets import check_glob
@@ -478,6 +479,25 @@ class FoldNorms(Step):
 
     kind: Literal["fold_norms"] = "fold_norms"
     keyword: ClassVar[str] = "fold norms"
+
+
+class RotateResidual(Step):
+    """Rotate a pre-norm transformer's residual stream by one orthogonal Q: W Q on every
+    reader, Q^T W on every writer; exact once the norms are folded (`fold norms`)."""
+
+    kind: Literal["rotate_residual"] = "rotate_residual"
+    keyword: ClassVar[str] = "rotate residual"
+    method: Annotated[rotate_methods.ROTATIONS.name_field, Arg(quoted=False)] = Field(
+        description="which orthogonal matrix (a rotation)")
+    seed: Annotated[int, Option(omit_default=True)] = Field(
+        0, description="seeds a random rotation")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if not 0 <= v < 2**63:
+            raise ValueError(f"seed must be between 0 and 2^63 - 1, got {v}")
+        return v
 
 
 # ---------------------------------------------------------------- checks + artifacts

@@ -251,7 +251,8 @@ def test_json_schema_discriminators() -> None:
                                                        "save_adapters", "report"}
     steps = schema["properties"]["steps"]["items"]
     assert set(steps["discriminator"]["mapping"]) == {"factorize", "prune_layers", "adapter",
-                                                       "adapter_load", "fold", "fold_norms"}
+                                                       "adapter_load", "fold", "fold_norms",
+                                                       "rotate_residual"}
     rank = schema["$defs"]["Factorize"]["properties"]["rank"]
     assert rank["discriminator"]["propertyName"] == "kind"
     assert set(rank["discriminator"]["mapping"]) == {"rank", "params", "energy", "budget"}

@@ -26,3 +26,9 @@ EVA = Paper("One Initialization to Rule them All: Fine-tuning via Explained Vari
 SBERT = Paper("Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
               "Reimers and Gurevych", 2019, "1908.10084")
 ACCURACY_NOT_ALL = Paper("Accuracy is Not All You Need", "Dutta et al.", 2024, "2407.09141")
+QUAROT = Paper("QuaRot: Outlier-Free 4-Bit Inference in Rotated LLMs", "Ashkboos et al.", 2024,
+               "2404.00456")
+SPINQUANT = Paper("SpinQuant: LLM Quantization with Learned Rotations", "Liu et al.", 2024,
+                  "2405.16406")
+SLICEGPT = Paper("SliceGPT: Compress Large Language Models by Deleting Rows and Columns",
+                 "Ashkboos et al.", 2024, "2401.15024")

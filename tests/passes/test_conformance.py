@@ -15,7 +15,8 @@ from surgeon import ir
 from surgeon.cli import main
 from surgeon.ir import SaveAdapters
 
-# kind -> (the steps, steps the compiler must refuse with exit 2); {peft} is a PEFT directory
+# kind -> (the steps, steps the compiler must refuse with exit 2); {peft} is a PEFT directory;
+# steps starting with @decoder run on a tiny LlamaForCausalLM (for steps that need one)
 CASES = {
     "factorize": ('factorize "layers.*.up" rank 4 method svd_llm',
                   'factorize "layers.*.upp" rank 4'),
@@ -26,6 +27,8 @@ CASES = {
     "adapter_load": ('adapter load "{peft}"',
                      'adapter load "{peft}"\nadapter load "{peft}"'),
     "fold_norms": ('fold norms', 'fold norms\nsave adapters "x"'),
+    "rotate_residual": ('@decoder\nrotate residual hadamard',  # its norms are ones
+                        'rotate residual orthogonal'),
     "fold": ('adapter lora "layers.*.down" rank 2 alpha 4 init gaussian\nfold',
              'adapter lora "layers.0.down" rank 2 alpha 4\nfold\nsave adapters "x"'),
 }
@@ -48,8 +51,11 @@ def peft_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _spec(steps: str, peft: Path, outputs: str = "") -> str:
+def _spec(steps: str, peft: Path, outputs: str = "", decoder: Path | None = None) -> str:
     steps = steps.replace("{peft}", str(peft))
+    if steps.startswith("@decoder\n"):
+        head = f'model hf "{decoder}"\ncalibrate text builtin samples 16 seqlen 32 seed 3\n'
+        return head + steps.removeprefix("@decoder\n") + f"\n{outputs}"
     return f"{MODEL}calibrate random samples 32 seed 3\n{steps}\n{outputs}"
 
 
@@ -58,11 +64,13 @@ def test_every_registered_step_kind_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("kind", list(CASES))
-def test_plan_onnx_and_bytes(kind: str, peft_dir: Path, tmp_path: Path) -> None:
+def test_plan_onnx_and_bytes(kind: str, peft_dir: Path, tmp_path: Path, request) -> None:
     steps, _ = CASES[kind]
     out = tmp_path / "out"
+    decoder = request.getfixturevalue("decoder_dir") if steps.startswith("@decoder") else None
     spec = _spec(steps, peft_dir,
-                 f'export onnx "{out}/model.onnx"\nsave "{out}/ckpt"\nreport "{out}/report"\n')
+                 f'export onnx "{out}/model.onnx"\nsave "{out}/ckpt"\nreport "{out}/report"\n',
+                 decoder)
     planned = surgeon.plan(spec, trust_code=True)
     first = surgeon.compile(spec, trust_code=True).report
     assert planned["params_after"] == first.params_after
