@@ -10,5 +10,6 @@ from surgeon.passes import (  # noqa: F401
     fold,
     fold_norms,
     prune_layers,
+    rotate_heads,
     rotate_residual,
 )

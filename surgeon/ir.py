@@ -500,6 +500,14 @@ class RotateResidual(Step):
         return v
 
 
+class RotateHeads(Step):
+    """Rotate each attention head's values by a Hadamard matrix: H^T on v_proj's output
+    rows of every head, H on o_proj's matching input columns; exact."""
+
+    kind: Literal["rotate_heads"] = "rotate_heads"
+    keyword: ClassVar[str] = "rotate heads"
+
+
 # ---------------------------------------------------------------- checks + artifacts
 class Verify(Node):
     """Fail the compile (exit 3) unless a fidelity metric on held-out inputs meets a bound."""

@@ -62,3 +62,19 @@ def finish(gm: fx.GraphModule) -> None:
     drop_unused_params(gm)
     gm.graph.lint()
     gm.recompile()
+
+
+# relative output drift an exact rewrite (a rotation) may cause: rounding of the rewritten
+# weights (float32: ~1e-6 measured), beyond which the rewrite missed part of the graph
+EXACT = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 0.1, torch.float16: 0.05}
+
+
+def outputs_kept(gm: fx.GraphModule, inputs: tuple, before: torch.Tensor, what: str) -> None:
+    """Raise unless `gm` still computes `before` on `inputs` (a pass failure: the rewrite
+    was meant to be exact)."""
+    with torch.no_grad():
+        after = gm(*inputs)
+    drift = float((after - before).abs().max() / before.abs().max().clamp_min(1e-30))
+    if not drift <= EXACT.get(before.dtype, 1e-4):  # also NaN
+        raise RuntimeError(f"{what}: the outputs moved by {drift:.3g} of their largest value "
+                           "on a calibration batch; the rewrite should have been exact")

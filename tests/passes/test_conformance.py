@@ -29,6 +29,7 @@ CASES = {
     "fold_norms": ('fold norms', 'fold norms\nsave adapters "x"'),
     "rotate_residual": ('@decoder\nrotate residual hadamard',  # its norms are ones
                         'rotate residual orthogonal'),
+    "rotate_heads": ('@decoder\nrotate heads', 'rotate heads'),
     "fold": ('adapter lora "layers.*.down" rank 2 alpha 4 init gaussian\nfold',
              'adapter lora "layers.0.down" rank 2 alpha 4\nfold\nsave adapters "x"'),
 }
