@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from surgeon import hadamard
+from surgeon import hadamard, outliers
 from surgeon.diagnostics import UserError
 from surgeon.ir import RotateHeads
 from surgeon.registry import LayerPlan, Pass, PassContext, PassResult, register_pass
@@ -90,6 +90,9 @@ class RotateHeadsPass(Pass):
     name = "rotate_heads"
     invalidates_statistics = True  # o_proj's inputs are rotated
 
+    def requires(self, ctx: PassContext, step: RotateHeads) -> None:
+        outliers.request(ctx.stats, ctx.captured)
+
     def run(self, ctx: PassContext, step: RotateHeads) -> PassResult:
         gm, prefix = ctx.captured.gm, ctx.captured.prefix
         pairs = head_pairs(gm)
@@ -105,16 +108,19 @@ class RotateHeadsPass(Pass):
         batch = ctx.captured.data.calibration[0].inputs
         with torch.no_grad():
             before = gm(*batch)
-        plans = []
         for v, o, head in pairs:
             rotate_pair(gm, v, o, head)
-            for node, note in ((v, "H^T on each head's rows"), (o, "H on each head's columns")):
-                w = gm.get_parameter(node.args[1].target)
-                plans.append(LayerPlan(
-                    path=node.args[1].target.removeprefix(prefix).removesuffix(".weight"),
-                    shape=tuple(w.shape), method="hadamard", params_before=w.numel(),
-                    params_after=w.numel(), flops_before=0, flops_after=0,
-                    note=f"{note} (head size {head})"))
         finish(gm)
         outputs_kept(gm, batch, before, "rotate heads")
+        measured = outliers.details(ctx.stats, ctx.captured)
+        plans = []
+        for v, o, head in pairs:
+            for node, note in ((v, "H^T on each head's rows"), (o, "H on each head's columns")):
+                w = gm.get_parameter(node.args[1].target)
+                path = node.args[1].target.removeprefix(prefix).removesuffix(".weight")
+                plans.append(LayerPlan(
+                    path=path, shape=tuple(w.shape), method="hadamard",
+                    params_before=w.numel(), params_after=w.numel(), flops_before=0,
+                    flops_after=0, detail=measured.get(path, outliers.OutlierDetail()),
+                    note=f"{note} (head size {head})"))
         return PassResult(modified=True, layers=plans)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from surgeon import hadamard
+from surgeon import hadamard, outliers
 from surgeon.diagnostics import UserError
 from surgeon.ir import RotateResidual
 from surgeon.methods.rotate import ROTATIONS
@@ -75,6 +75,9 @@ class RotateResidualPass(Pass):
     name = "rotate_residual"
     invalidates_statistics = True  # exact outputs, but every linear's inputs are rotated
 
+    def requires(self, ctx: PassContext, step: RotateResidual) -> None:
+        outliers.request(ctx.stats, ctx.captured)
+
     def run(self, ctx: PassContext, step: RotateResidual) -> PassResult:
         gm, prefix = ctx.captured.gm, ctx.captured.prefix
         what = f"rotate residual {step.method}"
@@ -88,6 +91,7 @@ class RotateResidualPass(Pass):
         changed = rotate(gm, stream, q)
         finish(gm)
         outputs_kept(gm, batch, before, "the residual stream was not found whole")
+        measured = outliers.details(ctx.stats, ctx.captured)
         plans = []
         for node in [stream.embedding, *stream.readers, *stream.writers]:
             w = gm.get_parameter(node.args[0 if node is stream.embedding else 1].target)
@@ -96,6 +100,8 @@ class RotateResidualPass(Pass):
                 path=path.removeprefix(prefix).removesuffix(".weight"), shape=tuple(w.shape),
                 method=step.method, params_before=w.numel(), params_after=w.numel(),
                 flops_before=0, flops_after=0,
+                detail=measured.get(path.removeprefix(prefix).removesuffix(".weight"),
+                                    outliers.OutlierDetail()),
                 note="reads the stream: W Q" if node is not stream.embedding
                 and node not in stream.writers else
                 ("writes the stream: Q^T W" if node in stream.writers else "embedding: E Q")))

@@ -80,3 +80,11 @@ OBSERVERS.add(Observer("fisher_rows", "per output row, summed squared weight gra
 OBSERVERS.add(Observer("blocks", "token-mean cosine and angular distance between hidden "
                        "states at every pair of block boundaries (ShortGPT, Gromov et al.)",
                        "blocks", None))
+OBSERVERS.add(Observer("kurtosis", "mean over tokens of mean(x^4) / mean(x^2)^2 (3 for a "
+                       "Gaussian; large when a few channels carry outliers: why rotate)",
+                       "input", lambda x: (x.pow(4).mean(1) / x.pow(2).mean(1).pow(2)
+                                           .clamp_min(1e-300)).sum().reshape(1), _per_token))
+OBSERVERS.add(Observer("peak_ratio", "mean over tokens of max |x| / rms(x) (QuaRot's outlier "
+                       "measure)", "input",
+                       lambda x: (x.abs().amax(1) / x.pow(2).mean(1).sqrt().clamp_min(1e-300))
+                       .sum().reshape(1), _per_token))
