@@ -11,5 +11,6 @@ from surgeon.passes import (  # noqa: F401
     fold_norms,
     prune_layers,
     rotate_heads,
+    rotate_inputs,
     rotate_residual,
 )

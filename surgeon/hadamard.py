@@ -124,9 +124,10 @@ def hadamard_matrix(n: int) -> torch.Tensor:
     return torch.kron(base_matrix(k), sylvester) / math.sqrt(n)
 
 
-def fast_hadamard(x: torch.Tensor) -> torch.Tensor:
+def fast_hadamard(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """x @ H_n^T along the last axis in O(n log n) (butterflies for the 2^m factor, a
-    K x K product for the other), equal to the dense hadamard_matrix(n)."""
+    K x K product for the other), equal to the dense hadamard_matrix(n); with
+    `transpose`, x @ H_n (the inverse)."""
     n = x.shape[-1]
     k, power = check_size(n)
     y = x.reshape(*x.shape[:-1], k, power)
@@ -137,5 +138,6 @@ def fast_hadamard(x: torch.Tensor) -> torch.Tensor:
         y = torch.stack([a + b, a - b], dim=-2).reshape(*x.shape[:-1], k, power)
         h *= 2
     if k > 1:
-        y = torch.einsum("ij,...jp->...ip", base_matrix(k).to(y.dtype), y)
+        base = base_matrix(k).T if transpose else base_matrix(k)
+        y = torch.einsum("ij,...jp->...ip", base.to(y.dtype), y)
     return y.reshape(x.shape) / math.sqrt(n)

@@ -508,6 +508,15 @@ class RotateHeads(Step):
     keyword: ClassVar[str] = "rotate heads"
 
 
+class RotateInputs(Step):
+    """An online Hadamard transform on each matched linear's input (the surgeon::hadamard
+    op), its inverse folded into the weight: W <- W H^T; exact (e.g. down_proj's input)."""
+
+    kind: Literal["rotate_inputs"] = "rotate_inputs"
+    keyword: ClassVar[str] = "rotate inputs"
+    target: Target = Field(description="glob over linear layers' module paths")
+
+
 # ---------------------------------------------------------------- checks + artifacts
 class Verify(Node):
     """Fail the compile (exit 3) unless a fidelity metric on held-out inputs meets a bound."""

@@ -21,6 +21,12 @@ def tiny_mlp() -> nn.Module:
     return MLP()
 
 
+def odd_mlp() -> nn.Module:
+    """Widths no Hadamard matrix has (10 and 50)."""
+    torch.manual_seed(0)
+    return MLP(d=10, hidden=50)
+
+
 def not_a_module() -> str:
     return "nope"
 

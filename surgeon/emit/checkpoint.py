@@ -191,7 +191,8 @@ def _payload_config(pt2: Path, z: zipfile.ZipFile, root: str, folder: str,
 # which maps a file named by the archive, writable with shared=True); higher-order
 # operators that only run subgraphs of the same archive (not those that call
 # compiled code, delegates, Python functions or torchbind objects).
-_OP_NAMESPACES = frozenset({"aten", "prims"})
+# surgeon's own ops (surgeon/kernels/) are registered before a program is checked or loaded
+_OP_NAMESPACES = frozenset({"aten", "prims", "surgeon"})
 _DENIED_OPS = frozenset({"from_file"})
 _SAFE_HOPS = frozenset({
     "cond", "while_loop", "while_loop_stack_output", "scan", "associative_scan", "map_impl",
@@ -378,6 +379,8 @@ def load(path: str | Path) -> nn.Module:
         if f.is_symlink() or not f.is_file() or _sha256(f) != digest:
             raise UserError(f"{f} is missing or does not match the manifest's sha256")
     pt2 = d / "model.pt2"
+    import surgeon.kernels  # noqa: F401 - registers surgeon's ops, which programs may call
+
     _check_archive(pt2)
     try:
         with quiet():

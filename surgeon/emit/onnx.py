@@ -24,6 +24,7 @@ from surgeon import atomic, ir
 from surgeon.capture import Captured, quiet
 from surgeon.corpus import Batch
 from surgeon.emit.registry import EmitContext, register_emitter
+from surgeon.kernels import ONNX_LOWERINGS
 from surgeon.outputs import ONNX_MARK
 from surgeon.report import ArtifactReport
 
@@ -55,6 +56,7 @@ def to_onnx(captured: Captured, opset: int) -> onnx.ModelProto:
     with quiet():
         program = torch.onnx.export(
             ep, dynamo=True, opset_version=opset, optimize=True, verbose=False,
+            custom_translation_table=ONNX_LOWERINGS,
             input_names=list(captured.data.input_names), output_names=[captured.output_name],
         )
     proto = program.model_proto

@@ -30,6 +30,7 @@ CASES = {
     "rotate_residual": ('@decoder\nrotate residual hadamard',  # its norms are ones
                         'rotate residual orthogonal'),
     "rotate_heads": ('@decoder\nrotate heads', 'rotate heads'),
+    "rotate_inputs": ('rotate inputs "layers.*.down"', 'rotate inputs "layers.*.downn"'),
     "fold": ('adapter lora "layers.*.down" rank 2 alpha 4 init gaussian\nfold',
              'adapter lora "layers.0.down" rank 2 alpha 4\nfold\nsave adapters "x"'),
 }

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from activations import stored_inputs
-from surgeon.passes.factorize import breakeven_rank, choose_rank
 from toy_models import tiny_mlp  # noqa: E402  (tests/ is on sys.path via conftest rootdir)
 
 import surgeon
 from surgeon.ir import Energy, Factorize, ParamsFraction, Rank
 from surgeon.lowrank import decompose
+from surgeon.passes.factorize import breakeven_rank, choose_rank
 from surgeon.rewrite import LINEAR
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from surgeon.passes.rotate_residual import random_rotation
 
 import surgeon
 from surgeon.diagnostics import UserError
 from surgeon.driver import compile_spec
+from surgeon.passes.rotate_residual import random_rotation
 from surgeon.sources import load_hf
 from tests.conftest import DECODERS, make_decoder
 from tests.passes.test_fold_norms import _perturbed

@@ -1,0 +1,57 @@
+"""surgeon::hadamard (surgeon/kernels/hadamard.py): the op equals the dense H_n of
+surgeon/hadamard.py, passes torch.library's opcheck, is one opaque node under
+torch.export, lowers to ONNX that onnxruntime runs alike, and differentiates as x H^T."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from surgeon.hadamard import hadamard_matrix
+from surgeon.kernels.hadamard import OP, hadamard_ref, onnx_lowering
+
+
+@pytest.mark.parametrize("n", [1, 16, 24, 768, 40 * 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_op_is_the_dense_matrix(n: int, dtype: torch.dtype) -> None:
+    x = torch.randn(2, 3, n, generator=torch.Generator().manual_seed(n)).to(dtype)
+    want = x.double() @ hadamard_matrix(n).T
+    got = OP(x)
+    assert got.dtype == dtype and got.shape == x.shape
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 3e-2}[dtype]
+    assert float((got.double() - want).abs().max()) <= tol * max(1.0, float(want.abs().max()))
+    torch.testing.assert_close(got, hadamard_ref(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("op", [OP, torch.ops.surgeon.hadamard_t.default])
+def test_opcheck(op) -> None:
+    torch.library.opcheck(op, (torch.randn(3, 24, requires_grad=True),))
+
+
+def test_gradient_is_h() -> None:
+    x = torch.randn(4, 24, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 24, dtype=torch.float64)
+    (OP(x) * g).sum().backward()
+    torch.testing.assert_close(x.grad, g @ hadamard_matrix(24), atol=1e-12, rtol=0)
+
+
+class _Net(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return OP(torch.relu(x)) * 2
+
+
+def test_export_sees_one_op_and_onnx_runs_it() -> None:
+    x = torch.randn(2, 5, 48)
+    ep = torch.export.export(_Net(), (x,), dynamic_shapes=(
+        {0: torch.export.Dim("b"), 1: torch.export.Dim("s")},))
+    assert [n.target for n in ep.graph.nodes].count(OP) == 1
+    program = torch.onnx.export(ep, dynamo=True, custom_translation_table={OP: onnx_lowering})
+    ops = {n.op_type for n in program.model_proto.graph.node}
+    assert "MatMul" in ops and not any("hadamard" in o for o in ops)
+    session = ort.InferenceSession(program.model_proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    y = torch.randn(3, 7, 48)
+    got = session.run(None, {session.get_inputs()[0].name: y.numpy()})[0]
+    np.testing.assert_allclose(got, _Net()(y).numpy(), atol=1e-5, rtol=1e-5)
