@@ -87,7 +87,9 @@ def _is_identity(gm: fx.GraphModule, site: NormSite) -> bool:
 @register_pass(FoldNorms)
 class FoldNormsPass(Pass):
     name = "fold_norms"
-    invalidates_statistics = False  # exact: every layer computes what it did
+    # exact, but the readers' inputs lose the norm's scale: statistics taken before it
+    # describe other inputs (PCA of the stream, Grams for SVD-LLM) and must be retaken
+    invalidates_statistics = True
 
     def run(self, ctx: PassContext, step: FoldNorms) -> PassResult:
         gm, prefix = ctx.captured.gm, ctx.captured.prefix

@@ -30,18 +30,29 @@ from surgeon.residual import ResidualStream, check_rotatable, find_stream
 from surgeon.rewrite import finish, outputs_kept, set_param
 
 
-def hadamard_rotation(d: int, seed: int) -> torch.Tensor:
+def hadamard_rotation(d: int, seed: int, gram: torch.Tensor | None = None) -> torch.Tensor:
     try:
         return hadamard.hadamard_matrix(d)
     except ValueError as e:
         raise UserError(f"rotate residual hadamard: {e}") from None
 
 
-def random_rotation(d: int, seed: int) -> torch.Tensor:
+def random_rotation(d: int, seed: int, gram: torch.Tensor | None = None) -> torch.Tensor:
     """Haar-distributed: QR of a Gaussian matrix, with R's diagonal signs moved into Q."""
     gen = torch.Generator().manual_seed(seed)
     q, r = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     return q * torch.sign(torch.diagonal(r))[None, :]
+
+
+def pca_rotation(d: int, seed: int, gram: torch.Tensor | None = None) -> torch.Tensor:
+    """Eigenvectors of the stream's Gram as columns, largest eigenvalue first (SliceGPT's
+    basis: slicing keeps the leading columns); each column's sign fixed so that its
+    largest entry is positive (eigh's signs are arbitrary: same data, same bytes)."""
+    assert gram is not None
+    values, vectors = torch.linalg.eigh(gram.double())
+    vectors = vectors.flip(1)
+    rows = vectors.abs().argmax(0)
+    return vectors * torch.sign(vectors[rows, torch.arange(d)])[None, :]
 
 
 def _rotate(gm: fx.GraphModule, target: str, fn) -> None:
@@ -77,6 +88,17 @@ class RotateResidualPass(Pass):
 
     def requires(self, ctx: PassContext, step: RotateResidual) -> None:
         outliers.request(ctx.stats, ctx.captured)
+        if "gram" in ROTATIONS[step.method].needs:
+            for path in self._gram_sites(ctx):
+                ctx.stats.request(path, "gram")
+
+    @staticmethod
+    def _gram_sites(ctx: PassContext) -> list[str]:
+        """One reader per norm on the stream: its input is the normalised stream there."""
+        gm, prefix = ctx.captured.gm, ctx.captured.prefix
+        stream = find_stream(gm, prefix, "rotate residual pca")
+        return [s.readers[0].args[1].target.removeprefix(prefix).removesuffix(".weight")
+                for s in stream.norms if s.readers]
 
     def run(self, ctx: PassContext, step: RotateResidual) -> PassResult:
         gm, prefix = ctx.captured.gm, ctx.captured.prefix
@@ -84,7 +106,10 @@ class RotateResidualPass(Pass):
         stream = find_stream(gm, prefix, what)
         check_rotatable(stream, gm, what)
         d = gm.get_parameter(stream.embedding.args[0].target).shape[1]
-        q = ROTATIONS[step.method].function(d, step.seed)
+        gram = None
+        if "gram" in ROTATIONS[step.method].needs:
+            gram = sum(ctx.stats[p]["gram"] for p in self._gram_sites(ctx))
+        q = ROTATIONS[step.method].function(d, step.seed, gram)
         batch = ctx.captured.data.calibration[0].inputs
         with torch.no_grad():
             before = gm(*batch)

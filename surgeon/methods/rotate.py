@@ -1,5 +1,7 @@
 """Residual-stream rotations: the orthogonal Q that `rotate residual` applies
-(passes/rotate_residual.py). A rotation returns Q (d x d, float64) for the stream width."""
+(passes/rotate_residual.py). A rotation is called with (stream width d, seed, the summed
+Gram of the normalised stream or None) and returns Q (d x d, float64); one that needs
+the Gram says so (needs=("gram",))."""
 
 from surgeon.catalogue import Catalogue, Method
 from surgeon.methods import papers
@@ -13,3 +15,7 @@ ROTATIONS.add(Method(
 ROTATIONS.add(Method(
     "orthogonal", "a random orthogonal matrix (Haar: QR of a Gaussian, signs fixed) drawn "
     "from the seed", papers.SPINQUANT, "surgeon.passes.rotate_residual:random_rotation"))
+ROTATIONS.add(Method(
+    "pca", "the principal directions of the normalised stream (eigenvectors of the summed "
+    "input Gram of one reader per norm), by falling variance", papers.SLICEGPT,
+    "surgeon.passes.rotate_residual:pca_rotation", needs=("gram",)))

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import surgeon
 from surgeon.diagnostics import UserError
 from surgeon.driver import compile_spec
-from surgeon.passes.rotate_residual import random_rotation
+from surgeon.passes.rotate_residual import pca_rotation, random_rotation
 from surgeon.sources import load_hf
 from tests.conftest import DECODERS, make_decoder
 from tests.passes.test_fold_norms import _perturbed
@@ -28,7 +29,7 @@ def _relative_drift(result, loaded) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
-@pytest.mark.parametrize("method", ["hadamard", "orthogonal seed 7"])
+@pytest.mark.parametrize("method", ["hadamard", "orthogonal seed 7", "pca"])
 @pytest.mark.parametrize("family", sorted(DECODERS))
 def test_exact_on_decoders(family: str, method: str, tmp_path: Path) -> None:
     loaded = _perturbed(make_decoder(tmp_path / family, family))
@@ -45,6 +46,18 @@ def test_exact_on_decoders(family: str, method: str, tmp_path: Path) -> None:
     after = dict(result.module.named_parameters())
     q_proj = next(p for n, p in after.items() if n.endswith("layers.0.self_attn.q_proj.weight"))
     assert not torch.allclose(q_proj, before["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_pca_rotation_diagonalises_the_gram_by_falling_variance() -> None:
+    x = torch.randn(500, 12, dtype=torch.float64) * torch.linspace(0.1, 3, 12)
+    gram = x.T @ x
+    q = pca_rotation(12, 0, gram)
+    torch.testing.assert_close(q.T @ q, torch.eye(12, dtype=torch.float64), atol=1e-12, rtol=0)
+    d = q.T @ gram @ q
+    torch.testing.assert_close(d, torch.diag(d.diagonal()), atol=1e-8, rtol=0)
+    assert bool((d.diagonal()[:-1] >= d.diagonal()[1:]).all())
+    np_values = np.sort(np.linalg.eigvalsh(gram.numpy()))[::-1]
+    np.testing.assert_allclose(d.diagonal().numpy(), np_values, rtol=1e-9)
 
 
 def test_random_rotations_are_orthogonal_and_seeded() -> None:
