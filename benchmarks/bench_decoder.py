@@ -34,7 +34,7 @@ import surgeon
 from surgeon.capture import CausalLM
 from surgeon.driver import compile_spec
 from surgeon.sources import load_model
-from surgeon.verify import fidelity
+from surgeon.verify import fidelity, next_token_nll
 
 LINEARS = "model.layers.*.*.*_proj"  # self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj
 
@@ -80,10 +80,8 @@ def fine_tune(result, steps: int, lr: float) -> tuple[float, float]:
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     batches, losses = result.captured.data.calibration, []
     for i in range(steps):
-        ids, mask = batches[i % len(batches)].inputs
-        logits = module(ids, mask)[:, :-1]
-        keep = (mask[:, 1:] & mask[:, :-1]).bool()
-        loss = torch.nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep])
+        batch = batches[i % len(batches)]
+        loss = next_token_nll(module(*batch.inputs), batch.inputs[0], batch.mask).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -15,6 +15,7 @@ import torch
 import surgeon
 from surgeon.diagnostics import UserError
 from surgeon.sources import load_hf
+from surgeon.verify import next_token_nll
 from tests.conftest import DECODERS, make_decoder
 
 
@@ -119,10 +120,7 @@ def test_adapters_fine_tune_and_load_in_peft_on_the_original_base(
     losses = []
     for _ in range(8):
         for batch in result.captured.data.calibration:
-            ids, mask = batch.inputs
-            logits = module(ids, mask)[:, :-1]
-            keep = (mask[:, 1:] & mask[:, :-1]).bool()
-            loss = torch.nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep])
+            loss = next_token_nll(module(*batch.inputs), batch.inputs[0], batch.mask).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
