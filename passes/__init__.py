@@ -13,4 +13,5 @@ from surgeon.passes import (  # noqa: F401
     rotate_heads,
     rotate_inputs,
     rotate_residual,
+    slice_residual,
 )

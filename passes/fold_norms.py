@@ -39,7 +39,7 @@ def _plan(site: NormSite, gm: fx.GraphModule, prefix: str) -> LayerPlan:
                          for r in site.readers))
 
 
-def _own_weight(gm: fx.GraphModule, reader: fx.Node) -> str:
+def own_weight(gm: fx.GraphModule, reader: fx.Node) -> str:
     """The reader's weight target, copied to a name of its own if anything else reads it."""
     w = reader.args[1]
     if all(u is reader for u in w.users) and \
@@ -54,11 +54,16 @@ def _own_weight(gm: fx.GraphModule, reader: fx.Node) -> str:
     return name
 
 
-def fold(gm: fx.GraphModule, site: NormSite) -> None:
+def fold(gm: fx.GraphModule, site: NormSite) -> list[str]:
+    """Fold one norm; returns the weights it had to untie (copies made for a reader)."""
     g = gm.get_parameter(site.weight).detach().double()
     b = gm.get_parameter(site.bias).detach().double() if site.bias else None
+    untied: list[str] = []
     for reader in site.readers:
-        target = _own_weight(gm, reader)
+        shared = reader.args[1].target
+        target = own_weight(gm, reader)
+        if target != shared:
+            untied.append(target)
         w = gm.get_parameter(target)
         set_param(gm, target, (w.detach().double() * g).to(w.dtype))
         if b is None:
@@ -77,6 +82,7 @@ def fold(gm: fx.GraphModule, site: NormSite) -> None:
     set_param(gm, site.weight, torch.ones_like(ones.detach()))
     if site.bias:
         set_param(gm, site.bias, torch.zeros_like(gm.get_parameter(site.bias).detach()))
+    return untied
 
 
 def _is_identity(gm: fx.GraphModule, site: NormSite) -> bool:
@@ -111,6 +117,11 @@ class FoldNormsPass(Pass):
         todo = [s for s in foldable if not _is_identity(gm, s)]
         plans = [_plan(s, gm, prefix) for s in todo]
         for s in todo:
-            fold(gm, s)
+            for name in fold(gm, s):  # a new weight: counted as such
+                n = gm.get_parameter(name).numel()
+                plans.append(LayerPlan(
+                    path=name.removeprefix(prefix), shape=tuple(gm.get_parameter(name).shape),
+                    method="fold_norms", params_before=0, params_after=n, flops_before=0,
+                    flops_after=0, note="untied from the weight it shared"))
         finish(gm)
         return PassResult(modified=bool(todo), layers=plans)

@@ -517,6 +517,24 @@ class RotateInputs(Step):
     target: Target = Field(description="glob over linear layers' module paths")
 
 
+class SliceResidual(Step):
+    """SliceGPT: rotate each segment of a pre-norm residual stream into its principal
+    directions and delete the smallest P% of them (needs `fold norms` before)."""
+
+    kind: Literal["slice_residual"] = "slice_residual"
+    keyword: ClassVar[str] = "slice residual"
+    percent: Annotated[float, Arg(quoted=False, suffix="%")] = Field(
+        description="share of the stream's dimensions deleted, in (0, 100)")
+
+    @field_validator("percent")
+    @classmethod
+    def _percent(cls, v: float) -> float:
+        if not 0 < v < 100:
+            raise ValueError(f"slice residual must be between 0% and 100% (exclusive), "
+                             f"got {_num(v)}%")
+        return v
+
+
 # ---------------------------------------------------------------- checks + artifacts
 class Verify(Node):
     """Fail the compile (exit 3) unless a fidelity metric on held-out inputs meets a bound."""

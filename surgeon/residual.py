@@ -28,11 +28,24 @@ _ALIASES = {aten.to.dtype, aten._to_copy.default, aten.clone.default, aten.conti
 
 
 @dataclass
+class Segment:
+    """The stream between two residual adds (the first starts at the embedding): the add
+    that made it and the linear whose output that add brought in (None for the first),
+    the norm that reads it, the add it flows into next (None for the last)."""
+
+    start: fx.Node
+    writer: fx.Node | None = None
+    norm: NormSite | None = None
+    add: fx.Node | None = None
+
+
+@dataclass
 class ResidualStream:
     embedding: fx.Node  # aten.embedding: its weight rows are stream vectors
     writers: list[fx.Node] = field(default_factory=list)  # linears adding into the stream
     norms: list[NormSite] = field(default_factory=list)  # norms reading the stream
     values: list[fx.Node] = field(default_factory=list)  # the stream: embedding, then adds
+    segments: list[Segment] = field(default_factory=list)  # in graph order
 
     @property
     def readers(self) -> list[fx.Node]:
@@ -69,26 +82,32 @@ def find_stream(gm: fx.GraphModule, prefix: str, what: str) -> ResidualStream:
                         "rotations apply to transformer language models")
     norms = {s.path: s for s in sites}
     stream = ResidualStream(lookups[0])
+    segment = {lookups[0]: Segment(lookups[0])}  # every stream value -> its segment
     todo = [lookups[0]]
     while todo:
         value = todo.pop()
         stream.values.append(value)
+        here = segment[value]
         for user in value.users:
             if user.op == "call_function" and user.target in _IGNORED:
                 continue
             if user.op == "call_function" and user.target in _ALIASES:
-                todo.append(user)  # the same values (a no-op cast a norm starts with)
+                segment[user] = here  # the same values (a no-op cast a norm starts with)
+                todo.append(user)
                 continue
             norm = _norm_owner(user, norms, prefix)
             if norm is not None and user.target != aten.add.Tensor:
                 if norm not in stream.norms:
                     stream.norms.append(norm)
+                here.norm = norm
                 continue
             if user.target == aten.add.Tensor and len(user.args) == 2:
                 other = user.args[1] if user.args[0] is value else user.args[0]
                 writer = _branch_writer(other) if isinstance(other, fx.Node) else None
                 if writer is not None:
                     stream.writers.append(writer)
+                    here.add = user
+                    segment[user] = Segment(user, writer)
                     todo.append(user)
                     continue
             raise UserError(f"{what}: the residual stream also feeds {user.name} "
@@ -96,6 +115,9 @@ def find_stream(gm: fx.GraphModule, prefix: str, what: str) -> ResidualStream:
                             "would not be exact",
                             "residual rotations need a pre-norm transformer (Llama, Qwen2, "
                             "Mistral ...) whose stream only norms and residual adds read")
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    stream.segments = sorted({id(s): s for s in segment.values()}.values(),
+                             key=lambda s: order[s.start])
     return stream
 
 

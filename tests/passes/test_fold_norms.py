@@ -47,7 +47,10 @@ def test_exact_on_decoders(family: str, tmp_path: Path) -> None:
     embed = result.module.get_parameter(lookup.args[0].target)
     torch.testing.assert_close(embed, embed_before, atol=0, rtol=0)  # tied: untied first
     (step,) = result.report.steps
-    assert step.modified and len(step.layers) == 2 * 2 + 1  # 2 per layer + the final norm
+    untied = [lp for lp in step.layers if lp.params_before == 0]
+    assert len(untied) == (family == "llama-tied")  # lm_head's own copy, counted as new
+    assert step.modified and len(step.layers) == 2 * 2 + 1 + len(untied)  # + the final norm
+    assert sum(lp.params_after - lp.params_before for lp in step.layers) == step.params_delta
 
 
 def test_layernorm_shift_becomes_a_bias(toy_models_on_path) -> None:
