@@ -96,3 +96,29 @@ def test_parse_only_commands_import_no_heavy_package(tmp_path: Path) -> None:
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+
+def test_the_kernels_directory_never_shadows_hugging_faces_kernels() -> None:
+    """From the repository root, kernels/ is importable as top-level `kernels`, the name
+    of the kernel-hub package transformers imports; that import must get the installed
+    package, whichever is imported first, and fail as if kernels/ were not there when
+    no such package is on the path (-S drops site-packages)."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        theirs = "raise SystemExit(0)\n"  # nothing to shadow here; the -S case still runs
+    else:
+        theirs = "assert 'site-packages' in kernels.__file__, kernels.__file__\n"
+    for code in ("import surgeon.kernels\ntry: import kernels\nexcept ImportError: pass\n"
+                 + theirs + "from transformers import AutoModelForCausalLM\n",
+                 "try: import kernels\nexcept ImportError: pass\n" + theirs
+                 + "import surgeon.kernels\nassert surgeon.kernels.ONNX_LOWERINGS\n"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-S", "-c", "import kernels"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert "ModuleNotFoundError: No module named 'kernels'" in out.stderr, out.stderr
