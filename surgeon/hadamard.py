@@ -9,9 +9,16 @@ Phys. 12, 1933), built here from its definition rather than copied as a table:
   H = C (x) [[1, -1], [-1, -1]] + I (x) [[1, 1], [1, -1]], order 2(q + 1);
 
 with Q the Jacobsthal matrix Q_ij = chi(a_j - a_i) of GF(q) (chi: +1 on nonzero squares,
--1 on non-squares, 0 at 0). Every matrix here is the one surgeon uses everywhere: the
-offline weight transform and the online op (kernels/hadamard.py) both come from
-`hadamard_matrix`, so they cannot disagree. Sizes with no construction here are refused
+-1 on non-squares, 0 at 0). 156 = 4 * 39 and 172 = 4 * 43 have no Paley construction:
+they are Williamson's (J. Williamson, "Hadamard's determinant theorem and the sum of four
+squares", Duke Math. J. 11, 1944), four symmetric circulant +-1 matrices A, B, C, D with
+A^2 + B^2 + C^2 + D^2 = 4n I, of which only the first rows are data here (read off the
+order-156/172 matrices of QuaRot's hadamard_utils.py, which are of this form; the
+identity is checked in tests/test_hadamard.py).
+
+Every matrix here is the one surgeon uses everywhere: the offline weight transform and
+the online op (kernels/hadamard.py) both come from `hadamard_matrix`, so they cannot
+disagree. Sizes with no construction here are refused
 with the nearest supported ones; nothing is ever zero-padded (a padded transform is not
 orthogonal).
 """
@@ -27,7 +34,16 @@ import torch
 # constructions reach; 1 is Sylvester alone.
 _PALEY = {12: ("I", 11), 20: ("I", 19), 28: ("II", 13), 36: ("II", 17), 40: ("double", 20),
           44: ("I", 43), 52: ("II", 25), 60: ("I", 59), 108: ("I", 107), 140: ("I", 139)}
-SUPPORTED_K = (1, *sorted(_PALEY))
+# K -> first rows of Williamson's A, B, C, D (+ is 1, - is -1), each symmetric: a_j = a_{n-j}
+_WILLIAMSON = {
+    156: ("+++--+-+-----+--++----++--+-----+-+--++", "++++---+--++----+-+--+-+----++--+---+++",
+          "+++--++-+---+-+--+----+--+-+---+-++--++", "+---++-+-+-----+++-++-+++-----+-+-++---"),
+    172: ("+---++--++++-+-+++-++--++-+++-+-++++--++---",
+          "++-++++++----+-+--++-++-++--+-+----++++++-+",
+          "+++-+-++--+-+-++++-+----+-++++-+-+--++-+-++",
+          "++---++++-+--+--++--------++--+--+-++++---+"),
+}
+SUPPORTED_K = (1, *sorted((*_PALEY, *_WILLIAMSON)))
 
 
 def _field(q: int) -> tuple[list[tuple[int, int]], dict[tuple[int, int], int]]:
@@ -80,9 +96,23 @@ def base_matrix(k: int) -> torch.Tensor:
     """The +-1 Hadamard matrix H_K (unnormalised, float64)."""
     if k == 1:
         return torch.ones(1, 1, dtype=torch.float64)
+    if k in _WILLIAMSON:
+        return _williamson(*_WILLIAMSON[k])
     if k not in _PALEY:
         raise ValueError(f"no Hadamard matrix of order {k} is built here")
     return _paley(*_PALEY[k])
+
+
+def circulant(row: str) -> torch.Tensor:
+    """The circulant +-1 matrix whose row i is the first row shifted right by i."""
+    first = torch.tensor([1.0 if c == "+" else -1.0 for c in row], dtype=torch.float64)
+    return torch.stack([torch.roll(first, i) for i in range(len(row))])
+
+
+def _williamson(*rows: str) -> torch.Tensor:
+    a, b, c, d = (circulant(r) for r in rows)
+    return torch.cat([torch.cat(blocks, 1) for blocks in
+                      ((a, b, c, d), (-b, a, -d, c), (-c, d, a, -b), (-d, -c, b, a))])
 
 
 def factor(n: int) -> tuple[int, int] | None:

@@ -23,7 +23,7 @@ def test_orthogonal_at_every_supported_k(k: int, m: int) -> None:
     assert np.abs(np.abs(h) - 1 / np.sqrt(n)).max() <= 1e-12
 
 
-@pytest.mark.parametrize("n", [1, 2, 64, 256, 768, 12 * 2, 20 * 8, 140 * 4])
+@pytest.mark.parametrize("n", [1, 2, 64, 256, 768, 12 * 2, 20 * 8, 140 * 4, 156 * 2, 172])
 def test_fast_transform_equals_the_dense_matrix(n: int) -> None:
     x = torch.randn(3, 5, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
     dense = x @ hadamard.hadamard_matrix(n).T
@@ -31,6 +31,21 @@ def test_fast_transform_equals_the_dense_matrix(n: int) -> None:
     again = hadamard.fast_hadamard(hadamard.fast_hadamard(x))  # H is symmetric only for K=1
     h = hadamard.hadamard_matrix(n)
     torch.testing.assert_close(again, x @ (h @ h).T, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("k", [156, 172])
+def test_williamson_rows_satisfy_williamsons_identity(k: int) -> None:
+    """The four circulants are symmetric +-1 matrices with A^2 + B^2 + C^2 + D^2 = 4n I
+    (numpy, integers), the condition that makes the block matrix Hadamard."""
+    n = k // 4
+    blocks = []
+    for row in hadamard._WILLIAMSON[k]:
+        first = np.array([1 if c == "+" else -1 for c in row])
+        assert first.size == n and (first[1:] == first[1:][::-1]).all()  # a_j = a_{n-j}
+        blocks.append(np.stack([np.roll(first, i) for i in range(n)]))
+    np.testing.assert_array_equal(sum(b @ b for b in blocks), 4 * n * np.eye(n, dtype=int))
+    top = np.concatenate(blocks, 1)
+    np.testing.assert_array_equal(hadamard.base_matrix(k).numpy()[:n], top)
 
 
 def test_sizes_factor_with_the_largest_power_of_two() -> None:
