@@ -35,6 +35,7 @@ def _hand_over_the_name() -> None:
 if __name__ == "kernels":
     _hand_over_the_name()
 else:
-    from surgeon.kernels import hadamard
+    from surgeon.kernels import hadamard, sparsify
 
-    ONNX_LOWERINGS: dict[Any, Callable[..., Any]] = {hadamard.OP: hadamard.onnx_lowering}
+    ONNX_LOWERINGS: dict[Any, Callable[..., Any]] = {
+        hadamard.OP: hadamard.onnx_lowering, sparsify.OP: sparsify.onnx_lowering}

@@ -14,4 +14,5 @@ from surgeon.passes import (  # noqa: F401
     rotate_inputs,
     rotate_residual,
     slice_residual,
+    sparsify,
 )

@@ -25,7 +25,7 @@ from torch import fx
 
 from surgeon.capture import Captured
 from surgeon.corpus import Batch
-from surgeon.observers import OBSERVERS
+from surgeon.observers import OBSERVERS, ROWS_CAP
 
 
 @dataclass
@@ -42,7 +42,14 @@ class LayerStats:
         return name in self.sums
 
     def add(self, name: str, value: torch.Tensor) -> None:
-        self.sums[name] = self.sums[name] + value if name in self.sums else value
+        if name not in self.sums:
+            self.sums[name] = value[:ROWS_CAP] if OBSERVERS[name].reduce == "rows" else value
+        elif OBSERVERS[name].reduce == "rows":
+            room = ROWS_CAP - self.sums[name].shape[0]
+            if room > 0:
+                self.sums[name] = torch.cat([self.sums[name], value[:room]])
+        else:
+            self.sums[name] = self.sums[name] + value
 
     def covariance(self) -> torch.Tensor:
         """Sample covariance of the inputs, from the Gram and the mean (needs both)."""

@@ -222,7 +222,7 @@ def run_passes(captured: Captured, steps: tuple[Any, ...], report: CompileReport
             kind=step.kind, line=line, targets=[lp.path for lp in result.layers],
             params_before=before, params_after=after, params_delta=after - before,
             nodes_delta=len(captured.gm.graph.nodes) - nodes, modified=result.modified,
-            seconds=time.perf_counter() - t0, layers=result.layers))
+            seconds=time.perf_counter() - t0, layers=result.layers, summary=result.summary))
         report.warnings += ctx.warnings
         report.params_after = after
         done.append(p.name)

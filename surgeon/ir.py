@@ -37,6 +37,7 @@ from surgeon.methods import adapter as adapter_methods
 from surgeon.methods import factorize as factorize_methods
 from surgeon.methods import prune as prune_methods
 from surgeon.methods import rotate as rotate_methods
+from surgeon.methods import sparsify as sparsify_methods
 from surgeon.methods import verify as verify_metrics
 from surgeon.syntax import Arg, Choice, Option
 from surgeon.targets import check_glob
@@ -533,6 +534,44 @@ class SliceResidual(Step):
             raise ValueError(f"slice residual must be between 0% and 100% (exclusive), "
                              f"got {_num(v)}%")
         return v
+
+
+class Sparsify(Step):
+    """Zero the low-scoring entries of each matched linear's input at thresholds calibrated
+    to a target share of zeros (training-free activation sparsity: TEAL, WINA, CATS,
+    R-Sparse), so a decode kernel can skip the weight columns they would meet."""
+
+    kind: Literal["sparsify"] = "sparsify"
+    keyword: ClassVar[str] = "sparsify"
+    target: Target = Field(description="glob over linear layers' module paths")
+    percent: Annotated[float, Arg(quoted=False, suffix="%")] = Field(
+        description="target share of zeroed input entries, weighted by the matched "
+                    "linears' parameters, in (0, 99]")
+    by: Annotated[sparsify_methods.CRITERIA.name_field, Option()] = Field(
+        "teal", description="what is ranked (a sparsity criterion)")
+    allocate: Annotated[Literal["uniform", "greedy"], Option(omit_default=True)] = Field(
+        "uniform", description="uniform: every linear at the target; greedy: TEAL's search, "
+                               "more where the output error grows least")
+    rank: Annotated[int | None, Option()] = Field(
+        None, description="rsparse's rank r of the low-rank copy of each weight")
+
+    @field_validator("percent")
+    @classmethod
+    def _percent(cls, v: float) -> float:
+        if not 0 < v <= 99:
+            raise ValueError(f"sparsify takes a share between 0% (exclusive) and 99%, "
+                             f"got {_num(v)}%")
+        return v
+
+    @model_validator(mode="after")
+    def _rank(self) -> Sparsify:
+        lowrank = sparsify_methods.CRITERIA[self.by].extra["lowrank"]
+        if lowrank and (self.rank is None or self.rank < 1):
+            raise ValueError(f"sparsify by {self.by} needs `rank N` (N >= 1): the rank of "
+                             "each weight's low-rank copy")
+        if not lowrank and self.rank is not None:
+            raise ValueError(f"rank applies to sparsify by rsparse only, not {self.by}")
+        return self
 
 
 # ---------------------------------------------------------------- checks + artifacts

@@ -33,6 +33,10 @@ def _per_token(total: torch.Tensor, tokens: int) -> torch.Tensor:
     return total / max(tokens, 1)
 
 
+def _zeros_and_entries(x: torch.Tensor) -> torch.Tensor:
+    return x.new_tensor([float((x == 0).sum()), float(x.numel())], dtype=x.dtype)
+
+
 @dataclass(frozen=True)
 class Observer:
     name: str
@@ -41,6 +45,14 @@ class Observer:
     # (what it saw, as the site hands it over) -> this batch's contribution; summed
     update: Callable[[torch.Tensor], torch.Tensor] | None
     finish: Callable[[torch.Tensor, int], torch.Tensor] = _same  # (sum, tokens) -> value
+    # "sum": contributions add up; "rows": they are stacked, up to ROWS_CAP rows in all
+    reduce: Literal["sum", "rows"] = "sum"
+
+
+# A sample of a linear's input rows: every ROW_STRIDE-th real token, at most ROWS_CAP of
+# them (the first ones in calibration order, so the same data gives the same sample).
+# Quantiles and output errors of activation sparsity need values, not moments.
+ROW_STRIDE, ROWS_CAP = 4, 8192
 
 
 class Observers:
@@ -80,6 +92,12 @@ OBSERVERS.add(Observer("fisher_rows", "per output row, summed squared weight gra
 OBSERVERS.add(Observer("blocks", "token-mean cosine and angular distance between hidden "
                        "states at every pair of block boundaries (ShortGPT, Gromov et al.)",
                        "blocks", None))
+OBSERVERS.add(Observer("input_rows", f"every {ROW_STRIDE}th real token's input row, at most "
+                       f"{ROWS_CAP} (float32): activation sparsity's quantiles and errors",
+                       "input", lambda x: x[::ROW_STRIDE].float(), reduce="rows"))
+OBSERVERS.add(Observer("zero_share", "share of exactly-zero input entries on held-out tokens "
+                       "(the sparsity a masked linear achieves)", "heldout_input",
+                       _zeros_and_entries, lambda total, tokens: total[0] / total[1].clamp_min(1)))
 OBSERVERS.add(Observer("kurtosis", "mean over tokens of mean(x^4) / mean(x^2)^2 (3 for a "
                        "Gaussian; large when a few channels carry outliers: why rotate)",
                        "input", lambda x: (x.pow(4).mean(1) / x.pow(2).mean(1).pow(2)

@@ -45,6 +45,7 @@ class PassContext:
 class PassResult:
     modified: bool
     layers: list[LayerPlan]
+    summary: dict[str, float] = field(default_factory=dict)  # step-wide figures
 
 
 class Pass:

@@ -41,6 +41,7 @@ class StepReport(_JsonSafe):
     modified: bool
     seconds: float
     layers: list[LayerPlan] = Field(default_factory=list)
+    summary: dict[str, float] = Field(default_factory=dict)  # step-wide figures
 
 
 class ArtifactReport(_JsonSafe):

@@ -253,7 +253,8 @@ def test_json_schema_discriminators() -> None:
     assert set(steps["discriminator"]["mapping"]) == {"factorize", "prune_layers", "adapter",
                                                        "adapter_load", "fold", "fold_norms",
                                                        "rotate_residual", "rotate_heads",
-                                                       "rotate_inputs", "slice_residual"}
+                                                       "rotate_inputs", "slice_residual",
+                                                       "sparsify"}
     rank = schema["$defs"]["Factorize"]["properties"]["rank"]
     assert rank["discriminator"]["propertyName"] == "kind"
     assert set(rank["discriminator"]["mapping"]) == {"rank", "params", "energy", "budget"}

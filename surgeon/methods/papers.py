@@ -32,3 +32,13 @@ SPINQUANT = Paper("SpinQuant: LLM Quantization with Learned Rotations", "Liu et 
                   "2405.16406")
 SLICEGPT = Paper("SliceGPT: Compress Large Language Models by Deleting Rows and Columns",
                  "Ashkboos et al.", 2024, "2401.15024")
+TEAL = Paper("Training-Free Activation Sparsity in Large Language Models", "Liu et al.", 2024,
+             "2408.14690")
+WINA = Paper("WINA: Weight Informed Neuron Activation for Accelerating Large Language Model "
+             "Inference", "Chen et al.", 2025, "2505.19427")
+CATS = Paper("CATS: Contextually-Aware Thresholding for Sparsity in Large Language Models",
+             "Lee et al.", 2024, "2404.08763")
+RSPARSE = Paper("R-Sparse: Rank-Aware Activation Sparsity for Efficient LLM Inference",
+                "Zhang et al.", 2025, "2504.19449")
+LAROSA = Paper("La RoSA: Enhancing LLM Efficiency via Layerwise Rotated Sparse Activation",
+               "Liu et al.", 2025, "2507.01299")

@@ -32,6 +32,8 @@ CASES = {
     "rotate_heads": ('@decoder\nrotate heads', 'rotate heads'),
     "rotate_inputs": ('rotate inputs "layers.*.down"', 'rotate inputs "layers.*.downn"'),
     "slice_residual": ('@decoder\nslice residual 25%', 'slice residual 25%'),
+    "sparsify": ('sparsify "layers.*.*" 40% by wina allocate greedy',
+                 'sparsify "layers.*.up" 40% by cats'),
     "fold": ('adapter lora "layers.*.down" rank 2 alpha 4 init gaussian\nfold',
              'adapter lora "layers.0.down" rank 2 alpha 4\nfold\nsave adapters "x"'),
 }
