@@ -35,7 +35,8 @@ def _hand_over_the_name() -> None:
 if __name__ == "kernels":
     _hand_over_the_name()
 else:
-    from surgeon.kernels import hadamard, sparsify
+    from surgeon.kernels import hadamard, sparsify, sparsify_topk
 
     ONNX_LOWERINGS: dict[Any, Callable[..., Any]] = {
-        hadamard.OP: hadamard.onnx_lowering, sparsify.OP: sparsify.onnx_lowering}
+        hadamard.OP: hadamard.onnx_lowering, sparsify.OP: sparsify.onnx_lowering,
+        sparsify_topk.OP: sparsify_topk.onnx_lowering}

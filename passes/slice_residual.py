@@ -38,17 +38,19 @@ from surgeon.rewrite import LINEAR, finish, set_param
 WHAT = "slice residual"
 
 
-def _gram_site(segment: Segment, prefix: str) -> str:
+def gram_site(segment: Segment, prefix: str) -> str:
+    """The linear whose input Gram is the segment's normalised stream's."""
     reader = segment.norm.readers[0]
     return reader.args[1].target.removeprefix(prefix).removesuffix(".weight")
 
 
-def _stream(ctx: PassContext) -> ResidualStream:
-    stream = find_stream(ctx.captured.gm, ctx.captured.prefix, WHAT)
-    check_rotatable(stream, ctx.captured.gm, WHAT)
+def sliceable_stream(ctx: PassContext, what: str = WHAT) -> ResidualStream:
+    """The residual stream, refused (naming `what`) unless every segment can be rotated."""
+    stream = find_stream(ctx.captured.gm, ctx.captured.prefix, what)
+    check_rotatable(stream, ctx.captured.gm, what)
     for seg in stream.segments:
         if seg.norm is None or not seg.norm.readers:
-            raise UserError(f"{WHAT}: the stream after {seg.start.name} is read by no norm")
+            raise UserError(f"{what}: the stream after {seg.start.name} is read by no norm")
     return stream
 
 
@@ -127,18 +129,18 @@ class SliceResidualPass(Pass):
     preserves_architecture = False  # narrower stream, new skip linears
 
     def requires(self, ctx: PassContext, step: SliceResidual) -> None:
-        for seg in _stream(ctx).segments:
-            ctx.stats.request(_gram_site(seg, ctx.captured.prefix), "gram")
+        for seg in sliceable_stream(ctx).segments:
+            ctx.stats.request(gram_site(seg, ctx.captured.prefix), "gram")
 
     def run(self, ctx: PassContext, step: SliceResidual) -> PassResult:
         gm, prefix = ctx.captured.gm, ctx.captured.prefix
-        stream = _stream(ctx)
+        stream = sliceable_stream(ctx)
         d = gm.get_parameter(stream.embedding.args[0].target).shape[1]
         k = d - round(d * step.percent / 100)
         if not 1 <= k < d:
             raise UserError(f"{WHAT} {step.percent:g}% of {d} dimensions keeps {k}",
                             "choose a share that deletes at least one and keeps one")
-        bases = [pca_rotation(d, 0, ctx.stats[_gram_site(s, prefix)]["gram"])[:, :k]
+        bases = [pca_rotation(d, 0, ctx.stats[gram_site(s, prefix)]["gram"])[:, :k]
                  for s in stream.segments]
         plans = slice_stream(gm, stream, bases, prefix)
         finish(gm)

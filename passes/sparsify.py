@@ -11,6 +11,11 @@ columns they meet (memory-bound decode: up to 1 / (1 - s) faster at sparsity s).
   linear in a plain MLP.
 - R-Sparse: TEAL's mask, plus the zeroed entries through a rank-r SVD copy of W:
   y = W (x m) + U_r S_r V_r^T (x - x m).
+- LaRoSA: first an exact rotation of the residual stream, segment j into the principal
+  directions B_j of its normalised stream (SliceGPT's machinery with whole bases:
+  passes/slice_residual.py, needs `fold norms`), then each token keeps its top-k |x|
+  (`surgeon::sparsify_topk`, the same share on every token). Linears that do not read
+  the stream (o_proj, down_proj) get top-k on their unrotated input.
 
 `allocate uniform` puts every mask at the target; `allocate greedy` is TEAL's greedy
 search (surgeon/sparsity.py), measured here on each group's own output error rather
@@ -19,7 +24,7 @@ the achieved share are parameter-weighted over the matched linears; the achieved
 is measured on held-out tokens after the rewrite and reported per linear.
 
 Papers: TEAL arXiv:2408.14690, WINA arXiv:2505.19427, CATS arXiv:2404.08763,
-R-Sparse arXiv:2504.19449 (surgeon/methods/sparsify.py).
+R-Sparse arXiv:2504.19449, LaRoSA arXiv:2507.01299 (surgeon/methods/sparsify.py).
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from surgeon.capture import LinearSite
 from surgeon.diagnostics import UserError
 from surgeon.ir import Sparsify
 from surgeon.kernels.sparsify import OP
+from surgeon.kernels.sparsify_topk import OP as TOPK
 from surgeon.methods.sparsify import CRITERIA
+from surgeon.passes.rotate_residual import pca_rotation
+from surgeon.passes.slice_residual import gram_site, slice_stream, sliceable_stream
 from surgeon.registry import LayerPlan, Pass, PassContext, PassResult, register_pass
-from surgeon.rewrite import FACTOR_META, LINEAR, finish, set_param
+from surgeon.rewrite import FACTOR_META, LINEAR, finish, outputs_kept, set_param
 
 WHAT = "sparsify"
 ACTIVATIONS = {torch.ops.aten.silu.default, torch.ops.aten.gelu.default,
@@ -53,7 +61,8 @@ class SparsityDetail(BaseModel):
     kind: str = "sparsity"
     target: float
     achieved: float  # share of zero input entries on held-out tokens
-    threshold: float
+    threshold: float | None = None  # zero where the score is at or below it
+    kept: int | None = None  # top-k: entries each token keeps
 
 
 @dataclass
@@ -68,6 +77,7 @@ class Group:
     act: fx.Node | None = None  # CATS: the activation, computed from gate's rows
     gate: LinearSite | None = None
     up: LinearSite | None = None
+    basis: torch.Tensor | None = None  # LaRoSA: the segment's rotation (d x d, float64)
 
     @property
     def params(self) -> int:
@@ -142,6 +152,8 @@ def _bias(ctx: PassContext, site: LinearSite) -> torch.Tensor | None:
 def _values(ctx: PassContext, g: Group) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The masked tensor's calibration rows, and (CATS) what multiplies them."""
     rows = ctx.stats[g.rows_from.path]["input_rows"]
+    if g.basis is not None:  # the stream as the rotated model sees it
+        rows = (rows.double() @ g.basis).float()
     if g.act is None:
         return rows, None
 
@@ -176,7 +188,8 @@ def allocate(ctx: PassContext, step: Sparsify, gs: list[Group]) -> list[float]:
     for g in gs:
         rows, mult = _values(ctx, g)
         curves.append(sparsity.error_curve(rows, _readers(ctx, g, step.rank),
-                                           _scale(step, ctx, g), mult))
+                                           _scale(step, ctx, g), mult,
+                                           topk=CRITERIA[step.by].extra["rotate"]))
     return sparsity.greedy_allocation(curves, [g.params for g in gs], target)
 
 
@@ -187,17 +200,20 @@ def _param(gm: fx.GraphModule, owner: str, name: str, value: torch.Tensor) -> st
     return target
 
 
-def _insert(gm: fx.GraphModule, g: Group, threshold: float,
-            scale: torch.Tensor | None) -> fx.Node:
+def _insert(gm: fx.GraphModule, g: Group, threshold: float | None,
+            scale: torch.Tensor | None, kept: int | None = None) -> fx.Node:
+    """The mask node in front of the group's consumers: a threshold, or top-k per token."""
     owner = g.sites[0].weight.removesuffix(".weight")
-    # float32 whatever the model's dtype: a bfloat16 threshold would move the sparsity
-    names = [_param(gm, owner, "sparsify_threshold", torch.tensor([threshold]))]
+    names = []
+    if kept is None:  # float32 whatever the model's dtype: bfloat16 would move the sparsity
+        names.append(_param(gm, owner, "sparsify_threshold", torch.tensor([threshold])))
     if scale is not None:
         names.append(_param(gm, owner, "sparsify_scale", scale.float()))
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     with gm.graph.inserting_before(min(g.consumers, key=order.__getitem__)):
         attrs = [gm.graph.get_attr(n) for n in names]
-        masked = gm.graph.call_function(OP, (g.source, *attrs))
+        masked = gm.graph.call_function(OP, (g.source, *attrs)) if kept is None else \
+            gm.graph.call_function(TOPK, (g.source, kept))
     masked.meta.update({k: v for k, v in g.consumers[0].meta.items()
                         if k in ("nn_module_stack", "val")})
     masked.meta["val"] = g.source.meta.get("val")
@@ -240,6 +256,42 @@ def achieved(ctx: PassContext, sites: list[LinearSite]) -> dict[str, float]:
     return {s.path: float(held[s.path]["zero_share"]) for s in sites}
 
 
+def rotate_stream(ctx: PassContext, gs: list[Group]) -> list[LayerPlan]:
+    """LaRoSA's rotation: every segment of the residual stream into its principal
+    directions (whole bases: exact, checked), and each group reading a segment told its
+    basis. Returns the plans of the skip-connection matrices it adds."""
+    gm, prefix = ctx.captured.gm, ctx.captured.prefix
+    stream = sliceable_stream(ctx, f"{WHAT} by larosa")
+    d = gm.get_parameter(stream.embedding.args[0].target).shape[1]
+    bases = [pca_rotation(d, 0, ctx.stats[gram_site(seg, prefix)]["gram"])
+             for seg in stream.segments]
+    batch = ctx.captured.data.calibration[0].inputs
+    with torch.no_grad():
+        before = gm(*batch)
+    plans = slice_stream(gm, stream, bases, prefix)
+    finish(gm)
+    outputs_kept(gm, batch, before, f"{WHAT} by larosa (the rotation)")
+    for g in gs:
+        for seg, basis in zip(stream.segments, bases, strict=True):
+            if set(g.consumers) <= set(seg.norm.readers):
+                g.basis = basis
+    return [lp for lp in plans if lp.path.startswith("skip.")]
+
+
+def _mask(ctx: PassContext, step: Sparsify, g: Group, level: float
+          ) -> tuple[fx.Node, float | None, int | None]:
+    """Insert the group's mask at `level`; (mask node, threshold, kept per token)."""
+    if CRITERIA[step.by].extra["rotate"]:
+        kept = sparsity.kept_per_token(g.sites[0].in_features, level)
+        if kept == g.sites[0].in_features:  # nothing to zero: no node
+            return g.source, None, kept
+        return _insert(ctx.captured.gm, g, None, None, kept), None, kept
+    rows, _ = _values(ctx, g)
+    scale = _scale(step, ctx, g)
+    t = sparsity.threshold_at(sparsity.scores(rows, scale), level)
+    return _insert(ctx.captured.gm, g, t, scale), t, None
+
+
 @register_pass(Sparsify)
 class SparsifyPass(Pass):
     name = "sparsify"
@@ -248,24 +300,30 @@ class SparsifyPass(Pass):
     def requires(self, ctx: PassContext, step: Sparsify) -> None:
         for g in groups(ctx, step):
             ctx.stats.request(g.rows_from.path, "input_rows")
+        if CRITERIA[step.by].extra["rotate"]:
+            for seg in sliceable_stream(ctx, f"{WHAT} by larosa").segments:
+                ctx.stats.request(gram_site(seg, ctx.captured.prefix), "gram")
 
     def run(self, ctx: PassContext, step: Sparsify) -> PassResult:
         gm = ctx.captured.gm
         gs = groups(ctx, step)
+        added = rotate_stream(ctx, gs) if CRITERIA[step.by].extra["rotate"] else []
         levels = allocate(ctx, step, gs)
-        chosen: dict[str, tuple[LinearSite, float, float, int]] = {}
+        chosen: dict[str, tuple[LinearSite, SparsityDetail, int]] = {}
         for g, level in zip(gs, levels, strict=True):
-            rows, _ = _values(ctx, g)
-            scale = _scale(step, ctx, g)
-            t = sparsity.threshold_at(sparsity.scores(rows, scale), level)
-            masked = _insert(gm, g, t, scale)
+            masked, t, kept = _mask(ctx, step, g, level)
             for site in g.sites:
                 extra = _complement(gm, site, masked, step.rank) if step.rank else 0
-                chosen[site.path] = (site, level, t, extra)
+                note = SparsityDetail(target=round(level, 4), achieved=0.0,
+                                      threshold=None if t is None else float(f"{t:.6g}"),
+                                      kept=kept)
+                chosen[site.path] = (site, note, extra)
         finish(gm)
         got = achieved(ctx, [c[0] for c in chosen.values()])
-        plans = [_plan(step, site, level, t, extra, got[path])
-                 for path, (site, level, t, extra) in chosen.items()]
+        plans = [_plan(step, site, detail.model_copy(update={"achieved": round(got[p], 4)}),
+                       extra, g is not None)
+                 for p, (site, detail, extra) in chosen.items()
+                 for g in [next(x.basis for x in gs if site in x.sites)]]
         weight = sum(s.out_features * s.in_features for s, *_ in chosen.values())
         overall = sum(s.out_features * s.in_features * got[p]
                       for p, (s, *_) in chosen.items()) / weight
@@ -274,20 +332,23 @@ class SparsifyPass(Pass):
                 f"sparsify: {overall:.1%} of the inputs are zero on held-out tokens, "
                 f"against a target of {step.percent:g}% (calibration and held-out "
                 "activations differ, or upstream masks shifted them)")
-        return PassResult(modified=True, layers=plans,
+        return PassResult(modified=True, layers=plans + added,
                           summary={"target_sparsity": step.percent / 100,
                                    "achieved_sparsity": overall})
 
 
-def _plan(step: Sparsify, site: LinearSite, level: float, t: float, extra: int,
-          got: float) -> LayerPlan:
+def _plan(step: Sparsify, site: LinearSite, detail: SparsityDetail, extra: int,
+          rotated: bool) -> LayerPlan:
     dense = site.out_features * site.in_features
     rank_flops = 2 * extra  # the low-rank copy runs densely
+    if detail.kept is not None:
+        how = f"surgeon::sparsify_topk, {detail.kept} of {site.in_features} kept per token" \
+              + ("" if rotated else " (input not on the stream: unrotated)")
+    else:
+        how = f"surgeon::sparsify, zero where score <= {detail.threshold:.3g}"
     return LayerPlan(
         path=site.path, shape=(site.out_features, site.in_features), method=step.by,
         params_before=site.params, params_after=site.params + extra,
-        flops_before=2 * dense, flops_after=round(2 * dense * (1 - got)) + rank_flops,
-        detail=SparsityDetail(target=round(level, 4), achieved=round(got, 4),
-                              threshold=float(f"{t:.6g}")),
-        note=f"surgeon::sparsify, zero where score <= {t:.3g}"
-             + (f"; rank-{step.rank} copy of W for the zeroed entries" if extra else ""))
+        flops_before=2 * dense, flops_after=round(2 * dense * (1 - detail.achieved)) + rank_flops,
+        detail=detail,
+        note=how + (f"; rank-{step.rank} copy of W for the zeroed entries" if extra else ""))

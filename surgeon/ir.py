@@ -539,7 +539,8 @@ class SliceResidual(Step):
 class Sparsify(Step):
     """Zero the low-scoring entries of each matched linear's input at thresholds calibrated
     to a target share of zeros (training-free activation sparsity: TEAL, WINA, CATS,
-    R-Sparse), so a decode kernel can skip the weight columns they would meet."""
+    R-Sparse; LaRoSA rotates first and keeps a top-k per token), so a decode kernel can
+    skip the weight columns they would meet."""
 
     kind: Literal["sparsify"] = "sparsify"
     keyword: ClassVar[str] = "sparsify"

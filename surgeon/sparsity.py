@@ -63,10 +63,23 @@ class Reader:
     lost: torch.Tensor  # (out, in) float32
 
 
+def kept_per_token(width: int, sparsity: float) -> int:
+    """LaRoSA's k: entries each token keeps at a sparsity (at least one)."""
+    return max(1, width - round(sparsity * width))
+
+
+def topk_dropped(rows: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The entries a per-token top-k mask zeroes (zeros elsewhere)."""
+    k = kept_per_token(rows.shape[-1], sparsity)
+    kth = rows.abs().topk(k, dim=-1).values[..., -1:]
+    return torch.where(rows.abs() >= kth, torch.zeros_like(rows), rows)
+
+
 def error_curve(rows: torch.Tensor, readers: Sequence[Reader], scale: torch.Tensor | None,
-                multiplier: torch.Tensor | None = None) -> list[float]:
+                multiplier: torch.Tensor | None = None, topk: bool = False) -> list[float]:
     """Relative output error of the group at each GRID sparsity. `multiplier` (CATS): the
-    masked tensor is multiplied by it (up_proj's output) before the readers."""
+    masked tensor is multiplied by it (up_proj's output) before the readers; `topk`
+    (LaRoSA): the mask keeps each row's top-k instead of a threshold's survivors."""
     rows = rows[:CURVE_ROWS]
     mult = multiplier[:CURVE_ROWS] if multiplier is not None else None
     full = rows if mult is None else rows * mult
@@ -74,7 +87,8 @@ def error_curve(rows: torch.Tensor, readers: Sequence[Reader], scale: torch.Tens
     s = scores(rows, scale)
     curve = []
     for level in GRID:
-        dropped = torch.where(s > threshold_at(s, level), torch.zeros_like(rows), rows)
+        dropped = topk_dropped(rows, level) if topk else \
+            torch.where(s > threshold_at(s, level), torch.zeros_like(rows), rows)
         if mult is not None:
             dropped = dropped * mult
         lost = sum(float((dropped @ r.lost.T).pow(2).sum()) for r in readers)

@@ -35,3 +35,9 @@ CRITERIA.add(Method(
     "y = W (x m) + U_r S_r V_r^T (x (1 - m))", papers.RSPARSE, "surgeon.sparsity:magnitude",
     needs=("input_rows",), extra={"shared": True, "at": "input", "lowrank": True,
                                   "rotate": False}))
+CRITERIA.add(Method(
+    "larosa", "rotate the residual stream into each segment's principal directions (PCA "
+    "of the normalised stream, folded into the weights, exact), then keep each token's "
+    "top-k |x|; after `fold norms`", papers.LAROSA, "surgeon.sparsity:magnitude",
+    needs=("input_rows", "gram"), extra={"shared": True, "at": "input", "lowrank": False,
+                                         "rotate": True}))

@@ -153,3 +153,39 @@ def test_cats_outside_a_gated_mlp_is_refused(decoder_dir: Path) -> None:
     with pytest.raises(UserError, match=r"by cats: the input of model.layers.0.self_attn.q_proj "
                                         r"is not act\(linear\(x\)\)"):
         _compile(decoder_dir, 'sparsify "model.layers.0.self_attn.q_proj" 40% by cats')
+
+
+def test_larosa_rotation_is_exact_and_every_token_keeps_k(decoder_dir: Path) -> None:
+    """Without its top-k nodes the LaRoSA graph is the original model (the rotation is
+    exact); with them, every held-out token keeps exactly k entries of each input."""
+    from surgeon.kernels.sparsify_topk import OP as TOPK
+
+    loaded, result = _compile(decoder_dir, f"fold norms\nsparsify {ALL} 40% by larosa")
+    gm = result.module
+    batch = result.captured.data.heldout[0]
+    zeros: dict[str, float] = {}
+    for node in [n for n in gm.graph.nodes if n.target == TOPK]:
+        x, k = node.args
+        width = node.meta["val"].shape[-1]
+        out = TOPK(torch.randn(5, width), k)  # exactly k nonzero entries per token
+        assert ((out != 0).sum(-1) == k).all()
+        zeros[node.name] = 1 - k / width
+        node.replace_all_uses_with(x)
+        gm.graph.erase_node(node)
+    gm.recompile()
+    assert len(zeros) == 8  # qkv, o, gate/up, down in each of 2 layers
+    assert all(abs(z - 0.4) <= 1 / 32 + 1e-9 for z in zeros.values())
+    with torch.no_grad():
+        want = loaded.module(input_ids=batch.inputs[0], attention_mask=batch.inputs[1]).logits
+        got = gm(*batch.inputs)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
+    assert abs(result.report.steps[-1].summary["achieved_sparsity"] - 0.4) <= 0.02
+
+
+def test_larosa_needs_folded_norms(decoder_dir: Path) -> None:
+    loaded = load_hf(decoder_dir)
+    with torch.no_grad():  # a trained model's norms are not all ones
+        loaded.module.model.layers[0].input_layernorm.weight.mul_(1.5)
+    with pytest.raises(UserError, match="sparsify by larosa"):
+        compile_spec(surgeon.parse_spec(HEAD + f"sparsify {ALL} 40% by larosa\n"), loaded,
+                     allow_outside=True)
