@@ -18,10 +18,15 @@ columns they meet (memory-bound decode: up to 1 / (1 - s) faster at sparsity s).
   the stream (o_proj, down_proj) get top-k on their unrotated input.
 
 `allocate uniform` puts every mask at the target; `allocate greedy` is TEAL's greedy
-search (surgeon/sparsity.py), measured here on each group's own output error rather
-than a block's (cheaper, and independent of how blocks are delimited). The target and
-the achieved share are parameter-weighted over the matched linears; the achieved share
-is measured on held-out tokens after the rewrite and reported per linear.
+search (surgeon/sparsity.py) on the model's own output: each mask's error curve is the
+relative output error on a probe batch with that mask alone raised (TEAL measures a
+block's output; the model's is what verify judges, and affordable at these sizes).
+
+Thresholds are quantiles of each mask's input on the calibration tokens, taken twice:
+first on the dense graph, then again with every mask in place (upstream masks shift
+what downstream layers see; TEAL calibrates once and drifts). The target and the
+achieved share are parameter-weighted over the matched linears; the achieved share is
+measured on held-out tokens after the rewrite and reported per linear.
 
 Papers: TEAL arXiv:2408.14690, WINA arXiv:2505.19427, CATS arXiv:2404.08763,
 R-Sparse arXiv:2504.19449, LaRoSA arXiv:2507.01299 (surgeon/methods/sparsify.py).
@@ -29,19 +34,20 @@ R-Sparse arXiv:2504.19449, LaRoSA arXiv:2507.01299 (surgeon/methods/sparsify.py)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import fx
 
-from surgeon import sparsity, targets
-from surgeon.calibration import CalibrationStats
+from surgeon import sparsity
+from surgeon.calibration import CalibrationStats, node_input_rows
 from surgeon.capture import LinearSite
-from surgeon.diagnostics import UserError
 from surgeon.ir import Sparsify
 from surgeon.kernels.sparsify import OP
 from surgeon.kernels.sparsify_topk import OP as TOPK
+from surgeon.mask_sites import Group, find_groups
 from surgeon.methods.sparsify import CRITERIA
 from surgeon.passes.rotate_residual import pca_rotation
 from surgeon.passes.slice_residual import gram_site, slice_stream, sliceable_stream
@@ -49,11 +55,9 @@ from surgeon.registry import LayerPlan, Pass, PassContext, PassResult, register_
 from surgeon.rewrite import FACTOR_META, LINEAR, finish, outputs_kept, set_param
 
 WHAT = "sparsify"
-ACTIVATIONS = {torch.ops.aten.silu.default, torch.ops.aten.gelu.default,
-               torch.ops.aten.relu.default, torch.ops.aten.sigmoid.default,
-               torch.ops.aten.tanh.default}
-MUL = torch.ops.aten.mul.Tensor
 DRIFT_WARNING = 0.02  # achieved vs target, parameter-weighted; the issue's tolerance
+CURVE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.95)  # where greedy measures each mask's error
+PROBE_ROWS = 2  # sequences of the first calibration batch the greedy search runs
 
 
 class SparsityDetail(BaseModel):
@@ -63,134 +67,35 @@ class SparsityDetail(BaseModel):
     achieved: float  # share of zero input entries on held-out tokens
     threshold: float | None = None  # zero where the score is at or below it
     kept: int | None = None  # top-k: entries each token keeps
+    rotated: bool = False  # LaRoSA: the input is the rotated stream
 
 
 @dataclass
-class Group:
-    """Linears whose input one mask zeroes: the tensor masked, the nodes that read it,
-    where its calibration values come from."""
+class Mask:
+    """A group's mask node and how to move it to a sparsity level."""
 
-    source: fx.Node
-    consumers: list[fx.Node] = field(default_factory=list)
-    sites: list[LinearSite] = field(default_factory=list)
-    rows_from: LinearSite | None = None  # whose sampled input rows are (or give) the values
-    act: fx.Node | None = None  # CATS: the activation, computed from gate's rows
-    gate: LinearSite | None = None
-    up: LinearSite | None = None
-    basis: torch.Tensor | None = None  # LaRoSA: the segment's rotation (d x d, float64)
+    group: Group
+    node: fx.Node
+    scale: torch.Tensor | None  # WINA's column norms
+    ascending: torch.Tensor | None = None  # threshold masks: calibration scores, sorted
+    level: float = 0.0
+    rotated: bool = False
 
     @property
-    def params(self) -> int:
-        return sum(s.out_features * s.in_features for s in self.sites)
+    def topk(self) -> bool:
+        return self.node.target == TOPK
 
+    def set(self, gm: fx.GraphModule, level: float) -> None:
+        self.level = level
+        if self.topk:  # a constant of the graph: the caller recompiles
+            k = sparsity.kept_per_token(self.group.width, level)
+            self.node.args = (self.node.args[0], k)
+        else:
+            t = sparsity.quantile(self.ascending, level) if level > 0 else 0.0
+            gm.get_parameter(self.node.args[1].target).data.fill_(t)
 
-def _site_of(node: object, by_node: dict[fx.Node, LinearSite]) -> LinearSite | None:
-    return by_node.get(node) if isinstance(node, fx.Node) else None
-
-
-CatsSource = tuple[fx.Node, fx.Node, LinearSite, LinearSite | None]
-
-
-def _cats_source(site: LinearSite, node: fx.Node, by_node: dict) -> CatsSource:
-    """(activation node, its consumer on the way to the linear, gate site, up site)."""
-    x = node.args[0]
-    act, consumer, other = None, node, None
-    if isinstance(x, fx.Node) and x.target in ACTIVATIONS:
-        act = x
-    elif isinstance(x, fx.Node) and x.target == MUL:
-        found = [a for a in x.args[:2] if isinstance(a, fx.Node) and a.target in ACTIVATIONS]
-        if len(found) == 1:
-            act, consumer = found[0], x
-            other = next(a for a in x.args[:2] if a is not act)
-    gate = _site_of(act.args[0], by_node) if act is not None else None
-    up = _site_of(other, by_node)
-    if act is None or gate is None or (other is not None and (
-            up is None or up is gate or _input(by_node, up) is not _input(by_node, gate))):
-        raise UserError(f"{WHAT} by cats: the input of {site.path} is not act(linear(x)) or "
-                        "act(gate(x)) * up(x)", "CATS thresholds a gated MLP's activation "
-                        "(down_proj's input); use teal or wina for other linears")
-    return act, consumer, gate, up
-
-
-def _input(by_node: dict, site: LinearSite) -> fx.Node:
-    return site.nodes[0].args[0]
-
-
-def groups(ctx: PassContext, step: Sparsify) -> list[Group]:
-    sites = ctx.captured.linear_sites()
-    chosen = [sites[p] for p in targets.resolve(step.target, sites)]
-    how = CRITERIA[step.by].extra
-    by_node = {n: s for s in sites.values() for n in s.nodes}
-    found: dict[object, Group] = {}
-    for site in chosen:
-        for node in site.nodes:
-            if how["at"] == "activation":
-                act, consumer, gate, up = _cats_source(site, node, by_node)
-                g = found.setdefault(act, Group(act, act=act, gate=gate, up=up, rows_from=gate))
-            else:
-                x = node.args[0]
-                key = x if how["shared"] else (site.path, x)
-                g = found.setdefault(key, Group(x, rows_from=site))
-                consumer = node
-            if consumer not in g.consumers:
-                g.consumers.append(consumer)
-            if site not in g.sites:
-                g.sites.append(site)
-    return list(found.values())
-
-
-def _weight(ctx: PassContext, site: LinearSite) -> torch.Tensor:
-    return ctx.captured.gm.get_parameter(site.weight).detach().float()
-
-
-def _bias(ctx: PassContext, site: LinearSite) -> torch.Tensor | None:
-    node = site.nodes[0]
-    b = node.args[2] if len(node.args) > 2 else None
-    return ctx.captured.gm.get_parameter(b.target).detach().float() if b is not None else None
-
-
-def _values(ctx: PassContext, g: Group) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The masked tensor's calibration rows, and (CATS) what multiplies them."""
-    rows = ctx.stats[g.rows_from.path]["input_rows"]
-    if g.basis is not None:  # the stream as the rotated model sees it
-        rows = (rows.double() @ g.basis).float()
-    if g.act is None:
-        return rows, None
-
-    def apply(site: LinearSite) -> torch.Tensor:
-        return torch.nn.functional.linear(rows, _weight(ctx, site), _bias(ctx, site))
-
-    a = g.act.target(apply(g.gate), *g.act.args[1:], **g.act.kwargs)
-    return a, apply(g.up) if g.up is not None else None
-
-
-def _readers(ctx: PassContext, g: Group, rank: int | None) -> list[sparsity.Reader]:
-    out = []
-    for site in g.sites:
-        w = _weight(ctx, site)
-        lost = w
-        if rank is not None:
-            a, b = sparsity.low_rank(w, rank)
-            lost = (w.double() - b @ a).float()
-        out.append(sparsity.Reader(w, lost))
-    return out
-
-
-def _scale(step: Sparsify, ctx: PassContext, g: Group) -> torch.Tensor | None:
-    return CRITERIA[step.by].function(_weight(ctx, g.sites[0]))
-
-
-def allocate(ctx: PassContext, step: Sparsify, gs: list[Group]) -> list[float]:
-    target = step.percent / 100
-    if step.allocate == "uniform":
-        return [target] * len(gs)
-    curves = []
-    for g in gs:
-        rows, mult = _values(ctx, g)
-        curves.append(sparsity.error_curve(rows, _readers(ctx, g, step.rank),
-                                           _scale(step, ctx, g), mult,
-                                           topk=CRITERIA[step.by].extra["rotate"]))
-    return sparsity.greedy_allocation(curves, [g.params for g in gs], target)
+    def calibrate(self, rows: torch.Tensor) -> None:
+        self.ascending = sparsity.scores(rows, self.scale).flatten().sort().values
 
 
 def _param(gm: fx.GraphModule, owner: str, name: str, value: torch.Tensor) -> str:
@@ -200,22 +105,21 @@ def _param(gm: fx.GraphModule, owner: str, name: str, value: torch.Tensor) -> st
     return target
 
 
-def _insert(gm: fx.GraphModule, g: Group, threshold: float | None,
-            scale: torch.Tensor | None, kept: int | None = None) -> fx.Node:
-    """The mask node in front of the group's consumers: a threshold, or top-k per token."""
+def insert_mask(gm: fx.GraphModule, g: Group, topk: bool, scale: torch.Tensor | None
+                ) -> fx.Node:
+    """A mask node in front of the group's consumers, at level 0 (it zeroes nothing yet)."""
     owner = g.sites[0].weight.removesuffix(".weight")
     names = []
-    if kept is None:  # float32 whatever the model's dtype: bfloat16 would move the sparsity
-        names.append(_param(gm, owner, "sparsify_threshold", torch.tensor([threshold])))
-    if scale is not None:
-        names.append(_param(gm, owner, "sparsify_scale", scale.float()))
+    if not topk:  # float32 whatever the model's dtype: bfloat16 would move the sparsity
+        names.append(_param(gm, owner, "sparsify_threshold", torch.zeros(1)))
+        if scale is not None:
+            names.append(_param(gm, owner, "sparsify_scale", scale.float()))
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     with gm.graph.inserting_before(min(g.consumers, key=order.__getitem__)):
         attrs = [gm.graph.get_attr(n) for n in names]
-        masked = gm.graph.call_function(OP, (g.source, *attrs)) if kept is None else \
-            gm.graph.call_function(TOPK, (g.source, kept))
-    masked.meta.update({k: v for k, v in g.consumers[0].meta.items()
-                        if k in ("nn_module_stack", "val")})
+        masked = gm.graph.call_function(TOPK, (g.source, g.width)) if topk else \
+            gm.graph.call_function(OP, (g.source, *attrs))
+    masked.meta["nn_module_stack"] = g.consumers[0].meta.get("nn_module_stack", {})
     masked.meta["val"] = g.source.meta.get("val")
     for c in g.consumers:
         c.replace_input_with(g.source, masked)
@@ -247,19 +151,10 @@ def _complement(gm: fx.GraphModule, site: LinearSite, masked: fx.Node, rank: int
     return a.numel() + b.numel()
 
 
-def achieved(ctx: PassContext, sites: list[LinearSite]) -> dict[str, float]:
-    """Share of zero input entries per linear on the held-out tokens, as the graph now runs."""
-    held = CalibrationStats(ctx.captured)
-    for site in sites:
-        held.request(site.path, "zero_share")
-    held.collect()
-    return {s.path: float(held[s.path]["zero_share"]) for s in sites}
-
-
-def rotate_stream(ctx: PassContext, gs: list[Group]) -> list[LayerPlan]:
+def rotate_stream(ctx: PassContext, gs: list[Group]) -> tuple[list[LayerPlan], set[int]]:
     """LaRoSA's rotation: every segment of the residual stream into its principal
-    directions (whole bases: exact, checked), and each group reading a segment told its
-    basis. Returns the plans of the skip-connection matrices it adds."""
+    directions (whole bases: exact, checked). Returns the plans of the skip-connection
+    matrices it adds and the indices of the groups that read the rotated stream."""
     gm, prefix = ctx.captured.gm, ctx.captured.prefix
     stream = sliceable_stream(ctx, f"{WHAT} by larosa")
     d = gm.get_parameter(stream.embedding.args[0].target).shape[1]
@@ -271,25 +166,81 @@ def rotate_stream(ctx: PassContext, gs: list[Group]) -> list[LayerPlan]:
     plans = slice_stream(gm, stream, bases, prefix)
     finish(gm)
     outputs_kept(gm, batch, before, f"{WHAT} by larosa (the rotation)")
-    for g in gs:
-        for seg, basis in zip(stream.segments, bases, strict=True):
-            if set(g.consumers) <= set(seg.norm.readers):
-                g.basis = basis
-    return [lp for lp in plans if lp.path.startswith("skip.")]
+    readers = [set(seg.norm.readers) for seg in stream.segments]
+    rotated = {i for i, g in enumerate(gs) if any(set(g.consumers) <= r for r in readers)}
+    return [lp for lp in plans if lp.path.startswith("skip.")], rotated
 
 
-def _mask(ctx: PassContext, step: Sparsify, g: Group, level: float
-          ) -> tuple[fx.Node, float | None, int | None]:
-    """Insert the group's mask at `level`; (mask node, threshold, kept per token)."""
-    if CRITERIA[step.by].extra["rotate"]:
-        kept = sparsity.kept_per_token(g.sites[0].in_features, level)
-        if kept == g.sites[0].in_features:  # nothing to zero: no node
-            return g.source, None, kept
-        return _insert(ctx.captured.gm, g, None, None, kept), None, kept
-    rows, _ = _values(ctx, g)
-    scale = _scale(step, ctx, g)
-    t = sparsity.threshold_at(sparsity.scores(rows, scale), level)
-    return _insert(ctx.captured.gm, g, t, scale), t, None
+def _probe(ctx: PassContext) -> Callable[[], float]:
+    """The model's relative squared output error on a few calibration sequences, against
+    its output now (every mask at level 0)."""
+    batch = ctx.captured.data.calibration[0]
+    inputs = tuple(t[:PROBE_ROWS] for t in batch.inputs)
+    real = batch.mask[:PROBE_ROWS] if batch.mask is not None else None
+    gm = ctx.captured.gm
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            y = gm(*inputs)
+        return y[real] if real is not None and y.dim() >= 3 else y
+
+    base = run()
+    return lambda: float((run() - base).pow(2).sum() / base.pow(2).sum().clamp_min(1e-30))
+
+
+def allocate(ctx: PassContext, step: Sparsify, masks: list[Mask]) -> list[float]:
+    target = step.percent / 100
+    if step.allocate == "uniform":
+        return [target] * len(masks)
+    gm, error = ctx.captured.gm, _probe(ctx)
+    curves = []
+    for m in masks:
+        curve = []
+        for level in CURVE_LEVELS:
+            m.set(gm, level)
+            gm.recompile()
+            curve.append(error() if level > 0 else 0.0)
+        m.set(gm, 0.0)
+        curves.append(curve)
+    gm.recompile()
+    return sparsity.greedy_allocation(curves, CURVE_LEVELS, [m.group.params for m in masks],
+                                      target)
+
+
+def calibrate(ctx: PassContext, masks: list[Mask]) -> None:
+    """Every threshold mask's scores, sampled at its input as the graph runs now."""
+    thresholded = [m for m in masks if not m.topk]
+    rows = node_input_rows(ctx.captured, [m.node for m in thresholded])
+    for m in thresholded:
+        m.calibrate(rows[m.node])
+
+
+def achieved(ctx: PassContext, sites: list[LinearSite]) -> dict[str, float]:
+    """Share of zero input entries per linear on the held-out tokens, as the graph now runs."""
+    held = CalibrationStats(ctx.captured)
+    for site in sites:
+        held.request(site.path, "zero_share")
+    held.collect()
+    return {s.path: float(held[s.path]["zero_share"]) for s in sites}
+
+
+def _masks(ctx: PassContext, step: Sparsify) -> tuple[list[Mask], list[LayerPlan], dict]:
+    """Every mask inserted at level 0 (rotation first for LaRoSA); R-Sparse's low-rank
+    paths added. Returns the masks, the rotation's plans, the parameters added per site."""
+    how, gm = CRITERIA[step.by].extra, ctx.captured.gm
+    gs = find_groups(ctx.captured, step.target, how["shared"], how["at"] == "activation",
+                     f"{WHAT} by {step.by}")
+    plans, rotated = rotate_stream(ctx, gs) if how["rotate"] else ([], set())
+    masks, added = [], {}
+    for i, g in enumerate(gs):
+        weight = gm.get_parameter(g.sites[0].weight)
+        scale = None if how["rotate"] else CRITERIA[step.by].function(weight)
+        node = insert_mask(gm, g, how["rotate"], scale)
+        masks.append(Mask(g, node, scale, rotated=i in rotated))
+        for site in g.sites:
+            added[site.path] = _complement(gm, site, node, step.rank) if step.rank else 0
+    gm.recompile()
+    return masks, plans, added
 
 
 @register_pass(Sparsify)
@@ -298,57 +249,54 @@ class SparsifyPass(Pass):
     preserves_architecture = False  # a new op in front of the linears
 
     def requires(self, ctx: PassContext, step: Sparsify) -> None:
-        for g in groups(ctx, step):
-            ctx.stats.request(g.rows_from.path, "input_rows")
         if CRITERIA[step.by].extra["rotate"]:
             for seg in sliceable_stream(ctx, f"{WHAT} by larosa").segments:
                 ctx.stats.request(gram_site(seg, ctx.captured.prefix), "gram")
 
     def run(self, ctx: PassContext, step: Sparsify) -> PassResult:
         gm = ctx.captured.gm
-        gs = groups(ctx, step)
-        added = rotate_stream(ctx, gs) if CRITERIA[step.by].extra["rotate"] else []
-        levels = allocate(ctx, step, gs)
-        chosen: dict[str, tuple[LinearSite, SparsityDetail, int]] = {}
-        for g, level in zip(gs, levels, strict=True):
-            masked, t, kept = _mask(ctx, step, g, level)
-            for site in g.sites:
-                extra = _complement(gm, site, masked, step.rank) if step.rank else 0
-                note = SparsityDetail(target=round(level, 4), achieved=0.0,
-                                      threshold=None if t is None else float(f"{t:.6g}"),
-                                      kept=kept)
-                chosen[site.path] = (site, note, extra)
+        masks, rotation, added = _masks(ctx, step)
+        calibrate(ctx, masks)  # dense: every mask is at level 0
+        levels = allocate(ctx, step, masks)
+        for m, level in zip(masks, levels, strict=True):
+            m.set(gm, level)
+        gm.recompile()
+        calibrate(ctx, masks)  # again, as upstream masks now shape each input
+        for m in masks:
+            m.set(gm, m.level)
+            if m.topk and m.node.args[1] == m.group.width:  # keeps everything: no node
+                m.node.replace_all_uses_with(m.node.args[0])
         finish(gm)
-        got = achieved(ctx, [c[0] for c in chosen.values()])
-        plans = [_plan(step, site, detail.model_copy(update={"achieved": round(got[p], 4)}),
-                       extra, g is not None)
-                 for p, (site, detail, extra) in chosen.items()
-                 for g in [next(x.basis for x in gs if site in x.sites)]]
-        weight = sum(s.out_features * s.in_features for s, *_ in chosen.values())
-        overall = sum(s.out_features * s.in_features * got[p]
-                      for p, (s, *_) in chosen.items()) / weight
+        sites = [s for m in masks for s in m.group.sites]
+        got = achieved(ctx, sites)
+        plans = [_plan(step, s, m, added[s.path], got[s.path]) for m in masks
+                 for s in m.group.sites]
+        weight = sum(s.out_features * s.in_features for s in sites)
+        overall = sum(s.out_features * s.in_features * got[s.path] for s in sites) / weight
         if abs(overall - step.percent / 100) > DRIFT_WARNING:
             ctx.warnings.append(
                 f"sparsify: {overall:.1%} of the inputs are zero on held-out tokens, "
                 f"against a target of {step.percent:g}% (calibration and held-out "
-                "activations differ, or upstream masks shifted them)")
-        return PassResult(modified=True, layers=plans + added,
+                "activations differ)")
+        return PassResult(modified=True, layers=plans + rotation,
                           summary={"target_sparsity": step.percent / 100,
                                    "achieved_sparsity": overall})
 
 
-def _plan(step: Sparsify, site: LinearSite, detail: SparsityDetail, extra: int,
-          rotated: bool) -> LayerPlan:
+def _plan(step: Sparsify, site: LinearSite, m: Mask, extra: int, got: float) -> LayerPlan:
     dense = site.out_features * site.in_features
-    rank_flops = 2 * extra  # the low-rank copy runs densely
-    if detail.kept is not None:
-        how = f"surgeon::sparsify_topk, {detail.kept} of {site.in_features} kept per token" \
-              + ("" if rotated else " (input not on the stream: unrotated)")
+    threshold = kept = None
+    if m.topk:
+        kept = sparsity.kept_per_token(m.group.width, m.level)
+        how = f"surgeon::sparsify_topk, {kept} of {m.group.width} kept per token" + (
+            "" if m.rotated else " (input not on the stream: unrotated)")
     else:
-        how = f"surgeon::sparsify, zero where score <= {detail.threshold:.3g}"
+        threshold = float(f"{float(sparsity.quantile(m.ascending, m.level)):.6g}")
+        how = f"surgeon::sparsify, zero where score <= {threshold:.3g}"
     return LayerPlan(
         path=site.path, shape=(site.out_features, site.in_features), method=step.by,
         params_before=site.params, params_after=site.params + extra,
-        flops_before=2 * dense, flops_after=round(2 * dense * (1 - detail.achieved)) + rank_flops,
-        detail=detail,
+        flops_before=2 * dense, flops_after=round(2 * dense * (1 - got)) + 2 * extra,
+        detail=SparsityDetail(target=round(m.level, 4), achieved=round(got, 4),
+                              threshold=threshold, kept=kept, rotated=m.rotated),
         note=how + (f"; rank-{step.rank} copy of W for the zeroed entries" if extra else ""))

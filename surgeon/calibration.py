@@ -237,3 +237,14 @@ def _gradients(captured: Captured, batch: Batch, weights: dict[str, str], seed: 
         for p, t in params.items():
             t.grad = None
             t.requires_grad_(flags[p])
+
+
+def node_input_rows(captured: Captured, nodes: list[fx.Node]) -> dict[fx.Node, torch.Tensor]:
+    """The `input_rows` sample (every ROW_STRIDE-th real token, at most ROWS_CAP rows,
+    float32) of each node's first input over the calibration batches, as the graph runs
+    now: for statistics at ops that are not linears (a mask surgeon inserted)."""
+    rows: dict[fx.Node, LayerStats] = {n: LayerStats() for n in nodes}
+    for batch in captured.data.calibration:
+        _record(captured.gm, batch, {n: n for n in nodes},
+                lambda n, x: rows[n].add("input_rows", OBSERVERS["input_rows"].update(x)))
+    return {n: s["input_rows"] for n, s in rows.items()}

@@ -4,12 +4,11 @@
   `score > t` keeps 1 - s of them; an empirical quantile of the observed values, with no
   assumption about their distribution (TEAL fits none either);
 - `magnitude` / `column_norms`: the score factors of TEAL and WINA (criteria catalogue);
-- `error_curve`: a group's relative output error as its sparsity grows, measured on the
-  calibration rows: sum over its linears of ||(x - mask(x)) R^T||^2 / ||x W^T||^2, with
-  R = W (the zeroed inputs are lost) or R = W - W_r (R-Sparse: they pass through W_r);
 - `greedy_allocation`: TEAL's greedy search, raising sparsity step by step where the
   error grows least, each step zeroing the same share of the targeted parameters (so a
   small linear takes a larger step), until the parameter-weighted mean meets the target;
+  each group's error curve is the caller's (passes/sparsify.py measures the model's
+  output with that group alone sparsified), taken as additive across groups;
 - `low_rank`: R-Sparse's rank-r SVD factors of W.
 
 "Training-Free Activation Sparsity in Large Language Models" (TEAL), Liu et al.,
@@ -21,15 +20,9 @@ arXiv:2504.19449.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-# sparsities at which error curves are measured (linear in between); a group never
-# goes above the last one
-GRID = np.round(np.arange(0.0, 0.99, 0.03), 2).tolist() + [0.99]
-CURVE_ROWS = 512  # calibration rows an error curve is measured on
 
 
 def magnitude(weight: torch.Tensor) -> None:
@@ -49,18 +42,13 @@ def scores(rows: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
 def threshold_at(score: torch.Tensor, sparsity: float) -> float:
     """The k-th smallest score, k = round(s N): `score > t` zeroes k of the N (ties at t
     aside). 0 at sparsity 0 (exact zeros stay zero either way)."""
-    flat = score.flatten()
-    k = round(sparsity * flat.numel())
-    return 0.0 if k <= 0 else float(flat.kthvalue(k).values)
+    return quantile(score.flatten().sort().values, sparsity)
 
 
-@dataclass
-class Reader:
-    """One linear reading a masked tensor: its weight, and what the zeroed entries lose
-    (W itself, or W - W_r when a low-rank copy carries them)."""
-
-    weight: torch.Tensor  # (out, in) float32
-    lost: torch.Tensor  # (out, in) float32
+def quantile(ascending: torch.Tensor, sparsity: float) -> float:
+    """threshold_at on scores already sorted (a greedy search asks for many levels)."""
+    k = round(sparsity * ascending.numel())
+    return 0.0 if k <= 0 else float(ascending[k - 1])
 
 
 def kept_per_token(width: int, sparsity: float) -> int:
@@ -68,51 +56,25 @@ def kept_per_token(width: int, sparsity: float) -> int:
     return max(1, width - round(sparsity * width))
 
 
-def topk_dropped(rows: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """The entries a per-token top-k mask zeroes (zeros elsewhere)."""
-    k = kept_per_token(rows.shape[-1], sparsity)
-    kth = rows.abs().topk(k, dim=-1).values[..., -1:]
-    return torch.where(rows.abs() >= kth, torch.zeros_like(rows), rows)
-
-
-def error_curve(rows: torch.Tensor, readers: Sequence[Reader], scale: torch.Tensor | None,
-                multiplier: torch.Tensor | None = None, topk: bool = False) -> list[float]:
-    """Relative output error of the group at each GRID sparsity. `multiplier` (CATS): the
-    masked tensor is multiplied by it (up_proj's output) before the readers; `topk`
-    (LaRoSA): the mask keeps each row's top-k instead of a threshold's survivors."""
-    rows = rows[:CURVE_ROWS]
-    mult = multiplier[:CURVE_ROWS] if multiplier is not None else None
-    full = rows if mult is None else rows * mult
-    energy = sum(float((full @ r.weight.T).pow(2).sum()) for r in readers)
-    s = scores(rows, scale)
-    curve = []
-    for level in GRID:
-        dropped = topk_dropped(rows, level) if topk else \
-            torch.where(s > threshold_at(s, level), torch.zeros_like(rows), rows)
-        if mult is not None:
-            dropped = dropped * mult
-        lost = sum(float((dropped @ r.lost.T).pow(2).sum()) for r in readers)
-        curve.append(lost / max(energy, 1e-30))
-    return curve
-
-
-def greedy_allocation(curves: Sequence[Sequence[float]], params: Sequence[int],
-                      target: float, step: float = 0.005) -> list[float]:
-    """Per group sparsity with sum(p_g s_g) / sum(p_g) = target: each step raises one group
-    by step * P / p_g (the same parameter share for every group), the one whose error grows
-    least by it."""
-    total = float(sum(params))
+def greedy_allocation(curves: Sequence[Sequence[float]], grid: Sequence[float],
+                      params: Sequence[int], target: float, step: float = 0.01) -> list[float]:
+    """Per group sparsity with sum(p_g s_g) / sum(p_g) = target. `curves[g]` is the model's
+    output error with group g alone sparsified at each `grid` level (linear in between;
+    errors are taken as additive). Each step raises one group by step * mean(p) / p_g (the
+    same share of the parameters whichever group, so a small one takes a larger step):
+    the one whose error grows least per parameter zeroed."""
+    total, top = float(sum(params)), float(grid[-1])
+    quantum = step * total / len(params)
     levels = [0.0] * len(params)
-    top = GRID[-1]
     if target > top:
         raise ValueError(f"a target above {top:.0%} cannot be allocated")
 
     def err(g: int, s: float) -> float:
-        return float(np.interp(s, GRID, curves[g]))
+        return float(np.interp(s, grid, curves[g]))
 
     while (left := target * total - sum(p * s for p, s in zip(params, levels, strict=True))) \
             > 1e-9 * total:
-        mass = min(step * total, left)
+        mass = min(quantum, left)
         best, best_cost = None, float("inf")
         for g, p in enumerate(params):
             new = min(levels[g] + mass / p, top)
