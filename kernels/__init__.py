@@ -35,9 +35,10 @@ def _hand_over_the_name() -> None:
 if __name__ == "kernels":
     _hand_over_the_name()
 else:
-    from surgeon.kernels import hadamard, sparse_linear, sparsify, sparsify_topk
+    from surgeon.kernels import hadamard, lowrank_linear, sparse_linear, sparsify, sparsify_topk
 
     ONNX_LOWERINGS: dict[Any, Callable[..., Any]] = {
         hadamard.OP: hadamard.onnx_lowering, sparsify.OP: sparsify.onnx_lowering,
         sparsify_topk.OP: sparsify_topk.onnx_lowering,
-        sparse_linear.OP: sparse_linear.onnx_lowering}
+        sparse_linear.OP: sparse_linear.onnx_lowering,
+        lowrank_linear.OP: lowrank_linear.onnx_lowering}
