@@ -9,6 +9,7 @@ from surgeon.passes import (  # noqa: F401
     factorize,
     fold,
     fold_norms,
+    kernels,
     prune_layers,
     rotate_heads,
     rotate_inputs,

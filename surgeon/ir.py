@@ -575,6 +575,24 @@ class Sparsify(Step):
         return self
 
 
+class Kernels(Step):
+    """Put surgeon's fused kernel ops in the graph: a sparsify mask and the linears reading
+    it become surgeon::sparse_linear, a factorized pair surgeon::lowrank_linear (Triton on
+    a GPU for a few tokens, torch elsewhere); exact."""
+
+    kind: Literal["kernels"] = "kernels"
+    keyword: ClassVar[str] = "kernels"
+    backend: Annotated[Literal["triton"], Arg(quoted=False)] = Field(
+        description="which kernels: triton (the torch reference runs where it cannot)")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: object) -> object:
+        if isinstance(v, str) and v != "triton":
+            raise ValueError(f"unknown kernel backend {v!r} (known: triton)")
+        return v
+
+
 # ---------------------------------------------------------------- checks + artifacts
 class Verify(Node):
     """Fail the compile (exit 3) unless a fidelity metric on held-out inputs meets a bound."""

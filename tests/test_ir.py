@@ -254,7 +254,7 @@ def test_json_schema_discriminators() -> None:
                                                        "adapter_load", "fold", "fold_norms",
                                                        "rotate_residual", "rotate_heads",
                                                        "rotate_inputs", "slice_residual",
-                                                       "sparsify"}
+                                                       "sparsify", "kernels"}
     rank = schema["$defs"]["Factorize"]["properties"]["rank"]
     assert rank["discriminator"]["propertyName"] == "kind"
     assert set(rank["discriminator"]["mapping"]) == {"rank", "params", "energy", "budget"}

@@ -34,6 +34,9 @@ CASES = {
     "slice_residual": ('@decoder\nslice residual 25%', 'slice residual 25%'),
     "sparsify": ('sparsify "layers.*.*" 40% by wina allocate greedy',
                  'sparsify "layers.*.up" 40% by cats'),
+    "kernels": ('factorize "layers.*.up" rank 4 method svd_llm\nsparsify "layers.*.down" 30%\n'
+                'kernels triton',  # a fused linear is no linear for later steps:
+                'sparsify "layers.*.down" 30%\nkernels triton\nfactorize "layers.*.down" rank 4'),
     "fold": ('adapter lora "layers.*.down" rank 2 alpha 4 init gaussian\nfold',
              'adapter lora "layers.0.down" rank 2 alpha 4\nfold\nsave adapters "x"'),
 }
