@@ -55,3 +55,35 @@ def test_export_sees_one_op_and_onnx_runs_it() -> None:
     y = torch.randn(3, 7, 48)
     got = session.run(None, {session.get_inputs()[0].name: y.numpy()})[0]
     np.testing.assert_allclose(got, _Net()(y).numpy(), atol=1e-5, rtol=1e-5)
+
+
+KERNEL_CASES = '''
+import json, torch
+from surgeon.hadamard import hadamard_matrix
+from surgeon.kernels.hadamard import OP, hadamard_triton, kernel_takes
+out = []
+for n in (16, 64, 12 * 16, 20 * 32, 28 * 16, 172 * 16, 768):
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = torch.randn(3, 2, n, generator=torch.Generator().manual_seed(n)).to(dtype)
+        for transpose in (False, True):
+            h = hadamard_matrix(n)
+            want = x.double() @ (h if transpose else h.T)
+            got = hadamard_triton(x, transpose)
+            out.append({"n": n, "dtype": str(dtype), "transpose": transpose,
+                        "shape": list(got.shape) == list(x.shape) and got.dtype == dtype,
+                        "err": float((got.double() - want).abs().max() / want.abs().max()),
+                        "op": bool(torch.equal(OP(x), hadamard_triton(x))),
+                        "takes": kernel_takes(x)})
+print(json.dumps(out))
+'''
+
+
+def test_triton_kernel_matches_the_dense_matrix_in_the_interpreter() -> None:
+    from tests.kernels.interpreter import run_interpreted
+
+    results = run_interpreted(KERNEL_CASES)
+    tol = {"torch.float32": 1e-6, "torch.float16": 2e-3, "torch.bfloat16": 1e-2}
+    assert len(results) == 42
+    for r in results:
+        assert r["shape"] and r["takes"] and r["op"], r
+        assert r["err"] <= tol[r["dtype"]], r
