@@ -4,13 +4,12 @@ torch.export, lowers to ONNX that onnxruntime runs alike, and differentiates as 
 
 from __future__ import annotations
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 from surgeon.hadamard import hadamard_matrix
 from surgeon.kernels.hadamard import OP, hadamard_ref, onnx_lowering
+from tests.kernels.onnx_parity import assert_onnx_runs_like_torch
 
 
 @pytest.mark.parametrize("n", [1, 16, 24, 768, 40 * 4])
@@ -43,18 +42,9 @@ class _Net(torch.nn.Module):
 
 
 def test_export_sees_one_op_and_onnx_runs_it() -> None:
-    x = torch.randn(2, 5, 48)
-    ep = torch.export.export(_Net(), (x,), dynamic_shapes=(
-        {0: torch.export.Dim("b"), 1: torch.export.Dim("s")},))
-    assert [n.target for n in ep.graph.nodes].count(OP) == 1
-    program = torch.onnx.export(ep, dynamo=True, custom_translation_table={OP: onnx_lowering})
-    ops = {n.op_type for n in program.model_proto.graph.node}
+    ops = assert_onnx_runs_like_torch(_Net(), OP, onnx_lowering, 48, tol=1e-5)
     assert "MatMul" in ops and not any("hadamard" in o for o in ops)
-    session = ort.InferenceSession(program.model_proto.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    y = torch.randn(3, 7, 48)
-    got = session.run(None, {session.get_inputs()[0].name: y.numpy()})[0]
-    np.testing.assert_allclose(got, _Net()(y).numpy(), atol=1e-5, rtol=1e-5)
+
 
 
 KERNEL_CASES = '''

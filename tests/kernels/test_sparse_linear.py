@@ -7,12 +7,12 @@ split-K on and off)."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 from surgeon.kernels.sparse_linear import OP, onnx_lowering
 from tests.kernels.interpreter import run_interpreted
+from tests.kernels.onnx_parity import assert_onnx_runs_like_torch
 
 
 def _case(m: int, k: int, n: int, seed: int, dtype=torch.float32):
@@ -62,18 +62,9 @@ class _Net(torch.nn.Module):
 
 
 def test_onnx_lowering_runs_in_onnxruntime() -> None:
-    net = _Net().eval()
-    ep = torch.export.export(net, (torch.randn(2, 5, 32),), dynamic_shapes=(
-        {0: torch.export.Dim("b"), 1: torch.export.Dim("s")},))
-    assert [n.target for n in ep.graph.nodes].count(OP) == 1
-    program = torch.onnx.export(ep, dynamo=True, custom_translation_table={OP: onnx_lowering})
-    assert "MatMul" in {n.op_type for n in program.model_proto.graph.node}
-    session = ort.InferenceSession(program.model_proto.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    y = torch.randn(3, 7, 32)
-    got = session.run(None, {session.get_inputs()[0].name: y.numpy()})[0]
-    with torch.no_grad():
-        np.testing.assert_allclose(got, net(y).numpy(), atol=1e-4, rtol=1e-4)
+    ops = assert_onnx_runs_like_torch(_Net(), OP, onnx_lowering, 32, tol=1e-4)
+    assert "MatMul" in ops
+
 
 
 KERNEL_CASES = '''
