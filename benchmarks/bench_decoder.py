@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from tables import print_tables  # benchmarks/tables.py, beside this script
 
 import surgeon
 from surgeon.capture import CausalLM
@@ -162,14 +163,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    for name, rows in out.items():
-        print(f"\n### {name}\n")
-        cols = list(rows[0])
-        print("| " + " | ".join(cols) + " |")
-        print("|" + "---|" * len(cols))
-        for r in rows:
-            print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) and abs(r[c]) < 1e-3
-                                    else str(r[c]) for c in cols) + " |")
+    print_tables(out)
     return 0
 
 
