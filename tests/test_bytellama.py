@@ -91,7 +91,7 @@ def test_trained_well_beyond_chance_and_as_recorded(model, tokenizer) -> None:
     held_bytes = torch.tensor(list("".join(held).encode()))
     unigram = math.exp(-float(logp[held_bytes].mean()))
     assert unigram > 15 and ppl < unigram / 4
-XX
+    assert ppl < 3.5  # 3.11 as trained; a 6-layer model of this width reached 5.1 in 10 minutes
 
 
 def test_surgeon_perplexity_is_transformers_loss(model, tokenizer) -> None:
