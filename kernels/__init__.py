@@ -42,3 +42,6 @@ else:
         sparsify_topk.OP: sparsify_topk.onnx_lowering,
         sparse_linear.OP: sparse_linear.onnx_lowering,
         lowrank_linear.OP: lowrank_linear.onnx_lowering}
+    # ops whose output jumps where an input crosses a threshold (the parity checks of
+    # artifacts must allow for entries rounding differently on either side of it)
+    DISCONTINUOUS_OPS = frozenset({sparsify.OP, sparsify_topk.OP, sparse_linear.OP})

@@ -198,7 +198,8 @@ def allocate(ctx: PassContext, step: Sparsify, masks: list[Mask]) -> list[float]
         curve = []
         for level in CURVE_LEVELS:
             m.set(gm, level)
-            gm.recompile()
+            if m.topk:  # k is a constant of the code; a threshold is a parameter
+                gm.recompile()
             curve.append(error() if level > 0 else 0.0)
         m.set(gm, 0.0)
         curves.append(curve)

@@ -50,6 +50,7 @@ class ArtifactReport(_JsonSafe):
     bytes: int
     sha256: str
     ort_max_abs_diff: float | None = None
+    ort_rel_error: float | None = None  # graphs with thresholds: ||diff|| / ||out||, real tokens
     reload_max_abs_diff: float | None = None  # save hf: transformers reload vs compiled graph
     seconds: float
 
@@ -109,6 +110,10 @@ def render(report: CompileReport, console: Console, layers: bool = True) -> None
         steps.add_row(str(s.line or "-"), s.kind, str(len(s.targets)), _n(s.params_before),
                       _n(s.params_after), _n(s.params_delta), f"{s.seconds:.2f}")
     console.print(steps)
+    for s in report.steps:
+        if s.summary:  # step-wide figures, e.g. sparsify's target and achieved sparsity
+            figures = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in s.summary.items())
+            console.print(f"{s.kind} (line {s.line or '-'}): {figures}")
     ratio = report.params_after / report.params_before if report.params_before else 1.0
     console.print(f"params: {_n(report.params_before)} -> {_n(report.params_after)} "
                   f"({ratio:.1%} of the original)")
@@ -128,6 +133,8 @@ def render(report: CompileReport, console: Console, layers: bool = True) -> None
     for a in report.artifacts:
         extra = f", onnxruntime max |diff| {a.ort_max_abs_diff:.2e}" \
             if a.ort_max_abs_diff is not None else ""
+        if a.ort_rel_error is not None:  # a graph with thresholds: entries at them may flip
+            extra += f", relative error {a.ort_rel_error:.2e}"
         console.print(f"wrote {a.kind} {a.path} ({a.bytes / 1e6:.1f} MB{extra})")
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")

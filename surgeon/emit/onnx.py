@@ -24,7 +24,7 @@ from surgeon import atomic, ir
 from surgeon.capture import Captured, quiet
 from surgeon.corpus import Batch
 from surgeon.emit.registry import EmitContext, register_emitter
-from surgeon.kernels import ONNX_LOWERINGS
+from surgeon.kernels import DISCONTINUOUS_OPS, ONNX_LOWERINGS
 from surgeon.outputs import ONNX_MARK
 from surgeon.report import ArtifactReport
 
@@ -34,6 +34,13 @@ PROTOBUF_LIMIT = 2**31 - 1
 # bound is relative to the largest output (a few ulps there). onnxruntime's CPU provider
 # has no bfloat16 kernels for most ops, so a bfloat16 model is refused before any work.
 ORT_TOLERANCE = {torch.float32: 1e-3, torch.float16: 1e-2}
+# A graph holding a threshold (activation-sparsity masks) is discontinuous: float rounding
+# that differs between onnxruntime and torch upstream of a mask flips the entries that
+# sit on the threshold, and the flip carries on to later tokens. Such graphs are held to
+# the relative error over real tokens (flips on bytellama at 40%: 0.25% with TEAL, 1.7%
+# with WINA's 56 masks; each lowering alone is exact in tests/kernels; a wrong lowering
+# is off by tens of percent), and the largest difference is reported beside it.
+MASKED_REL_TOLERANCE = 5e-2
 ONNX_DTYPES = ("float32", "float16")
 
 
@@ -65,14 +72,33 @@ def to_onnx(captured: Captured, opset: int) -> onnx.ModelProto:
     return proto
 
 
-def ort_max_abs_diff(model_bytes: bytes | str, captured: Captured, batch: Batch) -> float:
+def _outputs(model_bytes: bytes | str, captured: Captured, batch: Batch
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(onnxruntime's output, the compiled graph's), float64."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(captured.data.input_names, batch.inputs,
                                                       strict=True)}
     got = session.run(None, feeds)[0]
     with torch.no_grad():
         want = captured.gm(*batch.inputs)
-    return float(np.max(np.abs(got.astype(np.float64) - want.double().numpy())))
+    return got.astype(np.float64), want.double().numpy()
+
+
+def ort_max_abs_diff(model_bytes: bytes | str, captured: Captured, batch: Batch) -> float:
+    got, want = _outputs(model_bytes, captured, batch)
+    return float(np.max(np.abs(got - want)))
+
+
+def ort_rel_error(got: np.ndarray, want: np.ndarray, batch: Batch) -> float:
+    """||got - want|| / ||want|| over the real (unpadded) positions."""
+    if batch.mask is not None and got.ndim >= 3 and got.shape[:2] == tuple(batch.mask.shape):
+        real = batch.mask.numpy().astype(bool)
+        got, want = got[real], want[real]
+    return float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
+
+
+def has_thresholds(captured: Captured) -> bool:
+    return any(n.target in DISCONTINUOUS_OPS for n in captured.gm.graph.nodes)
 
 
 def ort_tolerance(captured: Captured, batch: Batch) -> float:
@@ -91,11 +117,11 @@ def export_onnx(ctx: EmitContext, out: ir.ExportOnnx) -> ArtifactReport:
         return _export_external(proto, captured, out, ctx.path(out), t0)
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
-    diff = _check_parity(data, captured)
+    diff, rel = _check_parity(data, captured)
     atomic.write_bytes(ctx.path(out), data)
     return ArtifactReport(kind="onnx", path=out.path, bytes=len(data),
                           sha256=hashlib.sha256(data).hexdigest(), ort_max_abs_diff=diff,
-                          seconds=time.perf_counter() - t0)
+                          ort_rel_error=rel, seconds=time.perf_counter() - t0)
 
 
 def _export_external(proto: onnx.ModelProto, captured: Captured, out: ir.ExportOnnx,
@@ -106,20 +132,32 @@ def _export_external(proto: onnx.ModelProto, captured: Captured, out: ir.ExportO
                         all_tensors_to_one_file=True, location=f"{path.name}.data",
                         size_threshold=1024)
         onnx.checker.check_model(str(staged), full_check=True)
-        diff = _check_parity(str(staged), captured)
+        diff, rel = _check_parity(str(staged), captured)
         h, size = hashlib.sha256(), 0
         for f in (staged, d / f"{path.name}.data"):  # the model, then its weights
             data = f.read_bytes()
             h.update(data)
             size += len(data)
     return ArtifactReport(kind="onnx", path=out.path, bytes=size, sha256=h.hexdigest(),
-                          ort_max_abs_diff=diff, seconds=time.perf_counter() - t0)
+                          ort_max_abs_diff=diff, ort_rel_error=rel,
+                          seconds=time.perf_counter() - t0)
 
 
-def _check_parity(model: bytes | str, captured: Captured) -> float:
+def _check_parity(model: bytes | str, captured: Captured) -> tuple[float, float | None]:
+    """(max |diff|, relative error over real tokens, for graphs holding thresholds)."""
     batch = captured.data.heldout[0]
-    diff, tolerance = ort_max_abs_diff(model, captured, batch), ort_tolerance(captured, batch)
+    got, want = _outputs(model, captured, batch)
+    diff = float(np.max(np.abs(got - want)))
+    if has_thresholds(captured):
+        rel = ort_rel_error(got, want, batch)
+        if not rel <= MASKED_REL_TOLERANCE:  # also catches NaN
+            raise RuntimeError(f"onnxruntime output differs from the compiled torch graph by "
+                               f"{rel:.3g} of its norm on real tokens (tolerance "
+                               f"{MASKED_REL_TOLERANCE:g} for a graph with thresholds); "
+                               "nothing was written")
+        return diff, rel
+    tolerance = ort_tolerance(captured, batch)
     if not diff <= tolerance:  # also catches NaN
         raise RuntimeError(f"onnxruntime output differs from the compiled torch graph by "
                            f"{diff:.3g} (tolerance {tolerance:g}); nothing was written")
-    return diff
+    return diff, None

@@ -189,3 +189,20 @@ def test_larosa_needs_folded_norms(decoder_dir: Path) -> None:
     with pytest.raises(UserError, match="sparsify by larosa"):
         compile_spec(surgeon.parse_spec(HEAD + f"sparsify {ALL} 40% by larosa\n"), loaded,
                      allow_outside=True)
+
+
+def test_onnx_parity_of_a_graph_with_thresholds_catches_a_wrong_lowering(
+        decoder_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Masked graphs are held to the relative error on real tokens (entries on a threshold
+    may round to either side); a lowering that forgets the mask is far outside it."""
+    from surgeon.diagnostics import PassError  # noqa: F401 - the driver's wrapper
+    from surgeon.kernels import ONNX_LOWERINGS
+
+    line = f'sparsify {ALL} 50%\nexport onnx "{tmp_path}/m.onnx"'
+    _, result = _compile(decoder_dir, line)
+    (onnx,) = result.report.artifacts
+    assert onnx.ort_rel_error is not None and onnx.ort_rel_error <= 1e-3
+    monkeypatch.setitem(ONNX_LOWERINGS, OP, lambda x, t, s=None: x)  # no mask at all
+    with pytest.raises(Exception, match=r"of its norm on real tokens"):
+        _compile(decoder_dir, line.replace("m.onnx", "bad.onnx"))
+    assert not (tmp_path / "bad.onnx").exists()
