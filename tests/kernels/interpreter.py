@@ -23,3 +23,13 @@ def run_interpreted(code: str, timeout: int = 600):
                          env=env, timeout=timeout, cwd=REPO / "tests")
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def assert_cases(results: list[dict], count: int, tolerance: dict[str, float],
+                 *flags: str) -> None:
+    """Every case ran, its relative error is within its dtype's tolerance, and each named
+    flag holds."""
+    assert len(results) == count
+    for r in results:
+        assert r["err"] <= tolerance[r["dtype"]], r
+        assert all(r[f] for f in flags), r

@@ -69,11 +69,8 @@ print(json.dumps(out))
 
 
 def test_triton_kernel_matches_the_dense_matrix_in_the_interpreter() -> None:
-    from tests.kernels.interpreter import run_interpreted
+    from tests.kernels.interpreter import assert_cases, run_interpreted
 
     results = run_interpreted(KERNEL_CASES)
-    tol = {"torch.float32": 1e-6, "torch.float16": 2e-3, "torch.bfloat16": 1e-2}
-    assert len(results) == 42
-    for r in results:
-        assert r["shape"] and r["takes"] and r["op"], r
-        assert r["err"] <= tol[r["dtype"]], r
+    assert_cases(results, 42, {"torch.float32": 1e-6, "torch.float16": 2e-3,
+                               "torch.bfloat16": 1e-2}, "shape", "takes", "op")

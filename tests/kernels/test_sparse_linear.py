@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from surgeon.kernels.sparse_linear import OP, onnx_lowering
-from tests.kernels.interpreter import run_interpreted
+from tests.kernels.interpreter import assert_cases, run_interpreted
 from tests.kernels.onnx_parity import assert_onnx_runs_like_torch
 
 
@@ -89,8 +89,5 @@ print(json.dumps(out))
 
 def test_triton_kernel_matches_the_reference_in_the_interpreter() -> None:
     results = run_interpreted(KERNEL_CASES)
-    tol = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 1e-2}
-    assert len(results) == 30
-    for r in results:
-        assert r["err"] <= tol[r["dtype"]], r
-        assert r["same_as_op"], r
+    assert_cases(results, 30, {"torch.float32": 1e-5, "torch.float16": 2e-3,
+                                 "torch.bfloat16": 1e-2}, "same_as_op")
